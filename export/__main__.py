@@ -1,0 +1,88 @@
+"""python -m export NAME | --source DIR [--out OUT]   and   python -m export lock [NAME ...] [--update]"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+LOCK = Path(__file__).resolve().parent.parent / "models.lock"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m export",
+        description="Export an E5 model to ONNX fp32 + INT8, parity-checked against torch.",
+        epilog="`python -m export lock [NAME ...] [--update]` refreshes models.lock (needs the hub).",
+    )
+    p.add_argument("name", nargs="?", help="a model pinned in models.lock, fetched from the hub at its revision")
+    p.add_argument("--source", type=Path, help="a local Hugging Face model directory; never touches the network")
+    p.add_argument("--out", type=Path, help="output directory (default for NAME: the e5-onnx cache)")
+    p.add_argument("--allow-unpinned", action="store_true", help="export a model whose revision is not pinned")
+    p.add_argument("--query-prefix", help="default: the lock's, else 'query: '")
+    p.add_argument("--passage-prefix", help="default: the lock's, else 'passage: '")
+    p.add_argument("--fp32-min-cosine", type=float, help="parity floor, torch vs fp32, every text")
+    p.add_argument("--int8-mean-cosine", type=float, help="parity floor, torch vs INT8, mean")
+    p.add_argument("--int8-min-cosine", type=float, help="parity floor, torch vs INT8, every text")
+    return p
+
+
+def _lock_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m export lock", description="Refresh models.lock from the hub.")
+    p.add_argument("names", nargs="*")
+    p.add_argument("--update", action="store_true", help="move pins to the hub's current main")
+    args = p.parse_args(argv)
+    from .fetch import refresh_lock
+
+    refresh_lock(LOCK, args.names, args.update)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["lock"]:
+        return _lock_main(argv[1:])
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if (args.name is None) == (args.source is None) and not (args.name and args.source):
+        parser.error("give a model NAME from models.lock or --source DIR")
+    if args.source is not None:
+        # a local export must never reach the network, whatever the libraries would try
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+        if args.out is None:
+            parser.error("--source needs --out")
+
+    from e5_onnx.lock import cache_dir, get_spec
+
+    from .build import ExportError, export_model
+
+    spec = get_spec(args.name) if args.name else None
+    try:
+        if args.source is not None:
+            source_dir = args.source
+            source = {"kind": "local", "path": str(args.source.resolve())}
+        else:
+            from .fetch import fetch
+
+            source_dir, source = fetch(spec, allow_unpinned=args.allow_unpinned)
+        thresholds = {k: v for k, v in {"fp32_min": args.fp32_min_cosine, "int8_mean": args.int8_mean_cosine,
+                                        "int8_min": args.int8_min_cosine}.items() if v is not None}
+        export_model(
+            source_dir,
+            args.out or cache_dir(spec.name),
+            source=source,
+            name=spec.name if spec else None,
+            query_prefix=args.query_prefix if args.query_prefix is not None else (spec.query_prefix if spec else "query: "),
+            passage_prefix=args.passage_prefix if args.passage_prefix is not None else (spec.passage_prefix if spec else "passage: "),
+            max_length_cap=spec.max_length if spec else None,
+            thresholds=thresholds,
+        )
+    except ExportError as e:
+        print(f"export failed: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

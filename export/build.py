@@ -1,0 +1,202 @@
+"""One export, start to finish, in a staging directory that becomes OUT only once parity passes."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from transformers import AutoModel, AutoTokenizer
+
+from e5_onnx import Embedder
+from e5_onnx.manifest import FORMAT, MANIFEST, sha256_file
+from e5_onnx.session import available_cores
+
+from . import convert, parity
+from .probes import probe_texts
+
+SUPPORTED_MODEL_TYPES = ("bert", "xlm-roberta")
+REFERENCE = "reference.npz"
+
+
+class ExportError(RuntimeError):
+    """The export could not be completed; nothing was written to the output directory."""
+
+
+def library_versions() -> dict[str, str]:
+    names = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "tokenizers", "numpy")
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def length_limit(model, hf_tokenizer, source_dir: Path, cap: int | None) -> tuple[int, int, dict]:
+    """The longest input the model really takes, read from its position table.
+
+    An XLM-R-layout model starts positions at padding_idx + 1, so 514 rows hold 512
+    tokens; multilingual-e5-small is a BertModel whose 512 rows hold 512. The tokenizer's
+    model_max_length, a sentence-transformers max_seq_length and the lock's limit can only
+    lower it.
+    """
+    embeddings = model.embeddings
+    rows = embeddings.position_embeddings.num_embeddings
+    offset = embeddings.padding_idx + 1 if hasattr(embeddings, "padding_idx") else 0
+    limits = {"position_table": rows - offset}
+    if hf_tokenizer.model_max_length and hf_tokenizer.model_max_length < 1_000_000:
+        limits["tokenizer_model_max_length"] = int(hf_tokenizer.model_max_length)
+    st_config = source_dir / "sentence_bert_config.json"
+    if st_config.is_file():
+        seq = json.loads(st_config.read_text()).get("max_seq_length")
+        if seq:
+            limits["sentence_transformers_max_seq_length"] = int(seq)
+    if cap:
+        limits["models_lock"] = cap
+    return min(limits.values()), offset, limits
+
+
+def prepare_out(out: Path) -> None:
+    """Refuse to replace a directory that is not an earlier export (never wipe a user's files)."""
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise ExportError(f"{out} exists and is not an e5-onnx export; choose an empty or new --out")
+
+
+def export_model(
+    source_dir: Path,
+    out: Path,
+    *,
+    source: dict,
+    name: str | None = None,
+    query_prefix: str = "query: ",
+    passage_prefix: str = "passage: ",
+    max_length_cap: int | None = None,
+    thresholds: dict | None = None,
+    log=print,
+) -> dict:
+    """Export `source_dir` (a local Hugging Face model directory) to `out`; returns the manifest."""
+    source_dir, out = Path(source_dir), Path(out)
+    thresholds = {
+        "fp32_min": parity.FP32_MIN_COSINE,
+        "int8_mean": parity.INT8_MEAN_COSINE,
+        "int8_min": parity.INT8_MIN_COSINE,
+        **(thresholds or {}),
+    }
+    if not (source_dir / "config.json").is_file():
+        raise ExportError(f"{source_dir} is not a Hugging Face model directory (no config.json)")
+    prepare_out(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        manifest = _export_into(staging, source_dir, source, name, query_prefix, passage_prefix,
+                                max_length_cap, thresholds, log)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp made it private
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    log(f"done: {out}")
+    return manifest
+
+
+def _export_into(staging, source_dir, source, name, query_prefix, passage_prefix, max_length_cap,
+                 thresholds, log) -> dict:
+    started = time.time()
+    torch.set_num_threads(available_cores())
+    hf_tokenizer = AutoTokenizer.from_pretrained(source_dir, use_fast=True)
+    if not hf_tokenizer.is_fast:
+        raise ExportError(f"{source_dir}: no fast (tokenizers) tokenizer could be built")
+    model = AutoModel.from_pretrained(source_dir, attn_implementation="eager").eval()
+    config = model.config
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ExportError(
+            f"{source_dir} is a {config.model_type!r} model; e5-onnx exports {', '.join(SUPPORTED_MODEL_TYPES)} encoders"
+        )
+    max_length, position_offset, limits = length_limit(model, hf_tokenizer, source_dir, max_length_cap)
+    log(f"{type(model).__name__} ({config.model_type}), {config.num_hidden_layers} layers, "
+        f"dim {config.hidden_size}, max length {max_length} ({limits})")
+
+    tokenizer = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    texts = probe_texts(tokenizer, max_length)
+    tokenizer.enable_truncation(max_length=max_length)
+    tokenizer.save(str(staging / "tokenizer.json"))
+
+    log("exporting with optimum ...")
+    raw = convert.export_onnx(model, staging / "raw")
+    log("optimising (onnxruntime BERT fusions) ...")
+    fusions = convert.optimize(raw, staging / "model.onnx", config.num_attention_heads, config.hidden_size)
+    shutil.rmtree(staging / "raw")
+    log(f"  fused: {fusions}")
+    log("quantizing to INT8 ...")
+    convert.quantize(staging / "model.onnx", staging / "model_int8.onnx")
+
+    log(f"torch reference on {len(texts)} probe texts ...")
+    reference = parity.torch_embeddings(model, hf_tokenizer, texts, max_length)
+    np.savez(staging / REFERENCE, texts=np.array(texts), embeddings=reference)
+
+    manifest = {
+        "format": FORMAT,
+        "name": name,
+        "source": source,
+        "architecture": type(model).__name__,
+        "model_type": config.model_type,
+        "dim": config.hidden_size,
+        "num_layers": config.num_hidden_layers,
+        "max_length": max_length,
+        "max_length_limits": limits,
+        "position_offset": position_offset,
+        "pad_token_id": hf_tokenizer.pad_token_id if hf_tokenizer.pad_token_id is not None else 0,
+        "query_prefix": query_prefix,
+        "passage_prefix": passage_prefix,
+        "variants": {"fp32": "model.onnx", "int8": "model_int8.onnx"},
+        "export": {
+            "opset": convert.OPSET,
+            "fusions": fusions,
+            "quantization": convert.QUANTIZATION,
+            "int8_graph_ops": convert.graph_op_counts(staging / "model_int8.onnx"),
+        },
+        "versions": library_versions(),
+        "reference": REFERENCE,
+    }
+    _write_manifest(staging, manifest)
+
+    log("parity: torch vs runtime fp32 / int8 ...")
+    fp32 = Embedder(staging, variant="fp32").encode(texts)
+    int8 = Embedder(staging, variant="int8").encode(texts)
+    results = [
+        parity.compare("torch_vs_fp32", reference, fp32, thresholds["fp32_min"], thresholds["fp32_min"]),
+        parity.compare("torch_vs_int8", reference, int8, thresholds["int8_min"], thresholds["int8_mean"]),
+    ]
+    fp32_vs_int8 = parity.compare("fp32_vs_int8", fp32, int8, 0.0, 0.0)
+    for r in results + [fp32_vs_int8]:
+        s = r.summary()
+        log(f"  {r.name}: mean {s['cosine_mean']:.6f} min {s['cosine_min']:.6f}")
+    failures = [line for r in results for line in r.failures(texts)]
+    if failures:
+        raise ExportError("parity check failed, nothing written:\n  " + "\n  ".join(failures))
+    manifest["parity"] = {r.name: r.summary() for r in results + [fp32_vs_int8]}
+    manifest["export"]["seconds"] = round(time.time() - started, 1)
+    _write_manifest(staging, manifest)
+    return manifest
+
+
+def _write_manifest(model_dir: Path, manifest: dict) -> None:
+    files = sorted(p.name for p in model_dir.iterdir() if p.is_file() and p.name != MANIFEST)
+    manifest["files"] = {
+        f: {"sha256": sha256_file(model_dir / f), "bytes": (model_dir / f).stat().st_size} for f in files
+    }
+    (model_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -1,0 +1,8 @@
+"""e5-onnx: E5 small text embeddings on CPU with onnxruntime, tokenizers and numpy only."""
+from .embedder import Embedder
+from .lock import UnknownModelError
+from .manifest import HashMismatchError, ModelDirError
+from .pool import mean_pool_normalize
+
+__all__ = ["Embedder", "HashMismatchError", "ModelDirError", "UnknownModelError", "mean_pool_normalize"]
+__version__ = "0.1.0"

@@ -1,0 +1,113 @@
+"""The public entry point: texts in, L2-normalised E5 embeddings out, in input order."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .lock import cache_dir, default_model_name, get_spec
+from .manifest import ModelDirError, load_manifest, read_verified
+from .pool import mean_pool_normalize
+from .session import EncoderSession
+from .tokenize import TextTokenizer
+
+VARIANTS = ("int8", "fp32")
+
+
+def resolve_model_dir(path_or_name: str | os.PathLike) -> Path:
+    """A directory as given, or the cache directory of a models.lock name.
+
+    Never downloads: a named model that has not been exported yet is an error that
+    says which command creates it.
+    """
+    path = Path(path_or_name).expanduser()
+    if path.is_dir():
+        return path
+    text = str(path_or_name)
+    if os.sep in text or text.startswith("."):
+        raise ModelDirError(f"model directory {text!r} does not exist")
+    spec = get_spec(text)  # UnknownModelError for anything else
+    target = cache_dir(spec.name)
+    if not (target / "manifest.json").is_file():
+        raise ModelDirError(
+            f"model {spec.name!r} has not been exported to {target}; create it with:\n"
+            f"    python -m export {spec.name}\n"
+            "(run from an e5-onnx checkout with the [export] extra installed; needs the Hugging Face Hub)"
+        )
+    manifest = load_manifest(target)
+    exported = manifest["source"].get("revision")
+    if spec.pinned and exported != spec.revision:
+        raise ModelDirError(
+            f"{target} holds {spec.repo} at revision {exported}, but models.lock pins {spec.revision}; "
+            f"re-export it with: python -m export {spec.name}"
+        )
+    return target
+
+
+class Embedder:
+    """E5 sentence embeddings from an ONNX export, with no torch at run time.
+
+    `path_or_name` is a directory written by `python -m export`, or a models.lock name
+    whose export sits in the cache (~/.cache/e5-onnx, or $E5_ONNX_CACHE).
+    """
+
+    def __init__(
+        self,
+        path_or_name: str | os.PathLike | None = None,
+        variant: str = "int8",
+        *,
+        threads: int | None = None,
+        batch_size: int = 32,
+        max_batch_tokens: int = 16384,
+    ) -> None:
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
+        if batch_size < 1 or max_batch_tokens < 1:
+            raise ValueError("batch_size and max_batch_tokens must be positive")
+        self.model_dir = resolve_model_dir(path_or_name or default_model_name())
+        self.manifest = load_manifest(self.model_dir)
+        self.variant = variant
+        self.dim: int = self.manifest["dim"]
+        self.max_length: int = self.manifest["max_length"]
+        self.query_prefix: str = self.manifest["query_prefix"]
+        self.passage_prefix: str = self.manifest["passage_prefix"]
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+
+        onnx_file = self.manifest["variants"][variant]
+        tokenizer_json = read_verified(self.model_dir, self.manifest, "tokenizer.json").decode("utf-8")
+        self.tokenizer = TextTokenizer(tokenizer_json, self.max_length, self.manifest["pad_token_id"])
+        self.session = EncoderSession(
+            read_verified(self.model_dir, self.manifest, onnx_file),
+            threads=threads,
+            position_offset=self.manifest.get("position_offset", 0),
+        )
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts exactly as given -> (len(texts), dim) float32, rows of norm 1, input order."""
+        texts = _check_texts(texts)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for batch in self.tokenizer.batches(texts, self.batch_size, self.max_batch_tokens):
+            hidden = self.session.run(batch.input_ids, batch.attention_mask)
+            out[batch.order] = mean_pool_normalize(hidden, batch.attention_mask)
+        return out
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed search queries (or both sides of a symmetric task): adds the `query: ` prefix."""
+        return self.encode([self.query_prefix + t for t in _check_texts(texts)])
+
+    def encode_passages(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed documents to be retrieved: adds the `passage: ` prefix."""
+        return self.encode([self.passage_prefix + t for t in _check_texts(texts)])
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, (str, bytes)):
+        raise TypeError("texts must be a sequence of str, not a single str; wrap it in a list")
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is {type(text).__name__}, not str")
+    return texts

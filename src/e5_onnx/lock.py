@@ -1,0 +1,77 @@
+"""The models e5-onnx knows by name (models.lock) and where their exports live.
+
+The runtime never downloads: a name only resolves to a local cache directory that
+`python -m export NAME` writes to.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+CACHE_ENV = "E5_ONNX_CACHE"
+
+
+class UnknownModelError(ValueError):
+    """A model name that models.lock does not list."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One pinned upstream model, as models.lock describes it."""
+
+    name: str
+    repo: str
+    revision: str | None  # None: unpinned, the exporter needs --allow-unpinned
+    architecture: str
+    tokenizer: str
+    dim: int
+    max_length: int
+    query_prefix: str
+    passage_prefix: str
+    files: dict[str, str] = field(default_factory=dict)  # upstream path -> sha256
+
+    @property
+    def pinned(self) -> bool:
+        return self.revision is not None
+
+
+def read_lock(path: Path | None = None) -> dict:
+    """The raw models.lock document (the copy shipped inside the package by default)."""
+    if path is None:
+        text = resources.files("e5_onnx").joinpath("models.lock").read_text(encoding="utf-8")
+    else:
+        text = Path(path).read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def model_specs(path: Path | None = None) -> dict[str, ModelSpec]:
+    return {name: ModelSpec(name=name, **entry) for name, entry in read_lock(path)["models"].items()}
+
+
+def default_model_name(path: Path | None = None) -> str:
+    return read_lock(path)["default"]
+
+
+def get_spec(name: str, path: Path | None = None) -> ModelSpec:
+    """Look a model up by short name (`e5-small-v2`) or hub id (`intfloat/e5-small-v2`)."""
+    specs = model_specs(path)
+    for spec in specs.values():
+        if name in (spec.name, spec.repo):
+            return spec
+    raise UnknownModelError(
+        f"unknown model name {name!r}; models.lock knows: {', '.join(sorted(specs))} "
+        "(or pass a directory written by `python -m export`)"
+    )
+
+
+def cache_root() -> Path:
+    """Where exports of named models live: $E5_ONNX_CACHE, else ~/.cache/e5-onnx."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "e5-onnx"
+
+
+def cache_dir(name: str) -> Path:
+    return cache_root() / get_spec(name).name

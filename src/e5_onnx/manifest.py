@@ -1,0 +1,68 @@
+"""manifest.json of an exported model directory, and the sha256 checks made before loading.
+
+Files are read once, hashed, and the verified bytes are what gets loaded, so the bytes
+checked are the bytes used.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+
+
+class ModelDirError(FileNotFoundError):
+    """The directory is not a usable e5-onnx export (missing, incomplete, wrong format)."""
+
+
+class HashMismatchError(RuntimeError):
+    """A file's sha256 differs from the one recorded in manifest.json at export time."""
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_manifest(model_dir: Path) -> dict:
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelDirError(f"model directory {str(model_dir)!r} does not exist")
+    path = model_dir / MANIFEST
+    if not path.is_file():
+        raise ModelDirError(
+            f"{str(model_dir)!r} has no {MANIFEST}: not a directory written by `python -m export`"
+        )
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("format") != FORMAT:
+        raise ModelDirError(
+            f"{path} has format {manifest.get('format')!r}; this e5-onnx reads format {FORMAT}: re-export it"
+        )
+    return manifest
+
+
+def read_verified(model_dir: Path, manifest: dict, name: str) -> bytes:
+    """The bytes of `name`, after checking them against the manifest's sha256."""
+    entry = manifest["files"].get(name)
+    if entry is None:
+        raise ModelDirError(f"{MANIFEST} in {str(model_dir)!r} does not list {name!r}")
+    path = Path(model_dir) / name
+    if not path.is_file():
+        raise ModelDirError(f"{str(model_dir)!r} is missing {name!r}, which its {MANIFEST} lists")
+    data = path.read_bytes()
+    actual = sha256_bytes(data)
+    if actual != entry["sha256"]:
+        raise HashMismatchError(
+            f"sha256 mismatch for {path}: manifest says {entry['sha256']}, file is {actual}; "
+            "the file was modified or corrupted: re-export the model"
+        )
+    return data

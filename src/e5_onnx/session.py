@@ -1,0 +1,48 @@
+"""An onnxruntime session for an exported encoder, fed with whatever inputs its graph declares."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnxruntime as ort
+
+
+def available_cores() -> int:
+    """Cores this process may run on (cgroup/affinity aware where the OS says), not the host's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class EncoderSession:
+    """Runs input_ids + attention_mask through the graph; token_type_ids / position_ids
+    are supplied only if the graph asks for them."""
+
+    def __init__(self, model_bytes: bytes, threads: int | None = None, position_offset: int = 0) -> None:
+        self.position_offset = position_offset  # XLM-R layout: positions start at padding_idx + 1
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or available_cores()
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        known = {"input_ids", "attention_mask", "token_type_ids", "position_ids"}
+        unknown = set(self.input_names) - known
+        if unknown or "input_ids" not in self.input_names:
+            raise ValueError(f"unsupported ONNX graph inputs {self.input_names}; expected a BERT-style encoder")
+        self.output_name = self.session.get_outputs()[0].name
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """(batch, seq) int64 ids and mask -> (batch, seq, dim) last hidden state."""
+        feed: dict[str, np.ndarray] = {"input_ids": input_ids}
+        if "attention_mask" in self.input_names:
+            feed["attention_mask"] = attention_mask
+        if "token_type_ids" in self.input_names:
+            feed["token_type_ids"] = np.zeros_like(input_ids)
+        if "position_ids" in self.input_names:
+            feed["position_ids"] = np.broadcast_to(
+                np.arange(input_ids.shape[1], dtype=np.int64) + self.position_offset, input_ids.shape
+            ).copy()
+        return self.session.run([self.output_name], feed)[0]

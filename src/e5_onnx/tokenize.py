@@ -1,0 +1,62 @@
+"""Tokenisation with `tokenizers`: explicit truncation, dynamic padding, length-sorted batches.
+
+tokenizer.json may carry padding or truncation settings of its own (a fixed pad length,
+a different max length); they are overridden at load so batches are never ragged or
+over-padded and the limit is the model's real one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A padded batch and where its rows belong in the caller's input order."""
+
+    order: np.ndarray  # (n,) indices into the input texts
+    input_ids: np.ndarray  # (n, seq) int64
+    attention_mask: np.ndarray  # (n, seq) int64
+
+
+class TextTokenizer:
+    def __init__(self, tokenizer_json: str, max_length: int, pad_id: int) -> None:
+        self._tok = Tokenizer.from_str(tokenizer_json)
+        self._tok.no_padding()
+        self._tok.enable_truncation(max_length=max_length)
+        self.max_length = max_length
+        self.pad_id = pad_id
+
+    def encode(self, texts: Sequence[str]) -> list[Encoding]:
+        return self._tok.encode_batch(list(texts), add_special_tokens=True)
+
+    def batches(
+        self, texts: Sequence[str], batch_size: int, max_batch_tokens: int
+    ) -> Iterator[Batch]:
+        """Group texts of similar token length; each batch pads to its own longest text.
+
+        A batch holds at most `batch_size` texts and at most `max_batch_tokens`
+        padded tokens (always at least one text).
+        """
+        encodings = self.encode(texts)
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        order = np.argsort(-lengths, kind="stable")
+        start = 0
+        while start < len(order):
+            longest = int(lengths[order[start]])
+            n = max(1, min(batch_size, max_batch_tokens // max(longest, 1)))
+            idx = order[start : start + n]
+            yield self._pad([encodings[i] for i in idx], idx, longest)
+            start += n
+
+    def _pad(self, encodings: list[Encoding], order: np.ndarray, width: int) -> Batch:
+        ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(encodings), width), dtype=np.int64)
+        for row, enc in enumerate(encodings):
+            n = len(enc.ids)
+            ids[row, :n] = enc.ids
+            mask[row, :n] = 1
+        return Batch(order=order, input_ids=ids, attention_mask=mask)
