@@ -402,7 +402,6 @@ def build_unigram(out: Path, arch: str = "bert", max_tokens: int = 64, seed: int
     pad_id = tok.token_to_id("<pad>")
 
     mask_token = {
-        "__type": "AddedToken",
         "content": _MASK,
         "lstrip": True,
         "normalized": False,

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .lock import cache_dir, default_model_name, get_spec
+from .lock import UnknownModelError, cache_dir, default_model_name, get_spec
 from .manifest import ModelDirError, load_manifest, read_verified
 from .pool import mean_pool_normalize
 from .session import EncoderSession
@@ -26,9 +26,12 @@ def resolve_model_dir(path_or_name: str | os.PathLike) -> Path:
     if path.is_dir():
         return path
     text = str(path_or_name)
-    if os.sep in text or text.startswith("."):
-        raise ModelDirError(f"model directory {text!r} does not exist")
-    spec = get_spec(text)  # UnknownModelError for anything else
+    try:
+        spec = get_spec(text)
+    except UnknownModelError as unknown:
+        if "/" in text or os.sep in text or text.startswith((".", "~")):
+            raise ModelDirError(f"model directory {text!r} does not exist ({unknown})") from None
+        raise
     target = cache_dir(spec.name)
     if not (target / "manifest.json").is_file():
         raise ModelDirError(

@@ -1,0 +1,90 @@
+"""Shared fixtures: tiny models built here, and the real weights from ../shared, exported once per session.
+
+The real-weight assets are required: if they are missing the fixtures fail with the path
+they looked in (they are never skipped).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never call the network
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path:
+    """../shared beside the checkout, or $E5_ONNX_SHARED (CI clones elsewhere)."""
+    candidates = [os.environ.get("E5_ONNX_SHARED"), ROOT.parent / "shared", "/work/shared"]
+    for c in candidates:
+        if c and (Path(c) / "models").is_dir():
+            return Path(c)
+    raise FileNotFoundError(
+        f"test assets not found (looked in {[str(c) for c in candidates if c]}); set E5_ONNX_SHARED"
+    )
+
+
+def export_quiet(source: Path, out: Path, **kwargs) -> dict:
+    from export.build import export_model
+
+    return export_model(source, out, source={"kind": "local", "path": str(source)}, log=lambda *_: None, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def tiny_sources(tmp_path_factory) -> dict[str, Path]:
+    """Random-weight stand-ins for each family: e5-small (WordPiece BERT), multilingual-e5-small
+    (Unigram tokenizer on a BertModel) and a real XLM-R layout (positions offset by 2)."""
+    from tests.tiny_models import build_unigram, build_wordpiece_bert
+
+    root = tmp_path_factory.mktemp("tiny-src")
+    return {
+        "wordpiece-bert": build_wordpiece_bert(root / "wordpiece-bert", max_positions=64),
+        "unigram-bert": build_unigram(root / "unigram-bert", arch="bert", max_tokens=64),
+        "unigram-xlmr": build_unigram(root / "unigram-xlmr", arch="xlm-roberta", max_tokens=64),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_exports(tiny_sources, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-onnx")
+    out = {}
+    for name, src in tiny_sources.items():
+        export_quiet(src, root / name)
+        out[name] = root / name
+    return out
+
+
+@pytest.fixture(scope="session")
+def minilm_source() -> Path:
+    path = shared_dir() / "models" / "all-MiniLM-L6-v2"
+    assert (path / "model.safetensors").is_file(), f"missing test asset {path}"
+    return path
+
+
+@pytest.fixture(scope="session")
+def me5_source(tmp_path_factory) -> Path:
+    """multilingual-e5-small rebuilt from its 4-bit image (a 470 MB directory, never committed)."""
+    build = shared_dir() / "models" / "multilingual-e5-small-q4" / "build.py"
+    assert build.is_file(), f"missing test asset {build}"
+    out = tmp_path_factory.mktemp("me5") / "multilingual-e5-small"
+    subprocess.run([sys.executable, str(build), str(out)], check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def minilm_export(minilm_source, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("onnx") / "minilm"
+    export_quiet(minilm_source, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def me5_export(me5_source, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("onnx") / "me5"
+    export_quiet(me5_source, out, name="multilingual-e5-small", max_length_cap=512)
+    return out
