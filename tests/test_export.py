@@ -170,3 +170,36 @@ def test_named_export_fetches_the_pinned_revision_into_the_cache(tiny_sources, t
     (tmp_path / "cache" / "e5-small-v2" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelDirError, match="re-export it with: python -m export e5-small-v2"):
         Embedder("e5-small-v2")
+
+
+def test_lock_refresh_records_upstream_hashes(tmp_path, monkeypatch):
+    """`python -m export lock` with the hub replaced by a stand-in: LFS files take the hub's sha256,
+    small files are downloaded and hashed, unpinned models get pinned only when asked."""
+    import hashlib
+    from types import SimpleNamespace
+
+    import huggingface_hub
+
+    from export.fetch import refresh_lock
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "tokenizer.json").write_text("{}")
+    small = hashlib.sha256(b"{}").hexdigest()
+
+    class FakeApi:
+        def model_info(self, repo, revision=None, files_metadata=False):
+            files = ["config.json", "tokenizer.json", "model.safetensors", "pytorch_model.bin", "README.md"]
+            siblings = [SimpleNamespace(rfilename=f, lfs=SimpleNamespace(sha256="ab" * 32) if "model" in f else None)
+                        for f in files]
+            return SimpleNamespace(sha="f" * 40 if revision is None else revision, siblings=siblings)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, f, revision=None: str(tmp_path / f))
+    lock = tmp_path / "models.lock"
+    lock.write_text((ROOT / "models.lock").read_text())
+    refresh_lock(lock, ["e5-small-v2", "e5-small-unsupervised"], update=False)
+    doc = json.loads(lock.read_text())["models"]
+    assert doc["e5-small-v2"]["revision"] == "dca8b1a9dae0d4575df2bf423a5edb485a431236"
+    assert doc["e5-small-v2"]["files"] == {"config.json": small, "tokenizer.json": small, "model.safetensors": "ab" * 32}
+    assert doc["e5-small-unsupervised"]["revision"] == "f" * 40  # resolved from main, now pinned
+    assert doc["e5-small"]["files"] == {}  # not asked for: untouched
