@@ -110,3 +110,13 @@ def test_manifest_of_another_format_is_refused(tiny_exports, tmp_path):
     (d / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ModelDirError, match="format 99"):
         Embedder(d)
+
+
+@pytest.mark.parametrize("cpu_max, expected", [("max 100000", 2), ("100000 100000", 1), ("150000 100000", 2), ("50000 100000", 1)])
+def test_default_threads_follow_the_cgroup_cpu_quota(tmp_path, monkeypatch, cpu_max, expected):
+    from e5_onnx import session
+
+    (tmp_path / "cpu.max").write_text(cpu_max + "\n")
+    monkeypatch.setattr(session, "CGROUP_CPU_MAX", tmp_path / "cpu.max")
+    monkeypatch.setattr(session.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert session.available_cores() == expected

@@ -1,18 +1,34 @@
 """An onnxruntime session for an exported encoder, fed with whatever inputs its graph declares."""
 from __future__ import annotations
 
+import math
 import os
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
+
+
 def available_cores() -> int:
-    """Cores this process may run on (cgroup/affinity aware where the OS says), not the host's count."""
+    """Cores this process may really use: its CPU affinity, lowered by a cgroup CPU quota.
+
+    onnxruntime would size its pool to the host's cores; in a container limited to one CPU
+    (or a Lambda with one vCPU) that oversubscribes it.
+    """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = CGROUP_CPU_MAX.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
 
 
 class EncoderSession:
