@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from .lock import UnknownModelError, cache_dir, default_model_name, get_spec
-from .manifest import ModelDirError, load_manifest, read_verified
+from .manifest import ModelDirError, load_manifest, read_verified, verified_path
 from .pool import mean_pool_normalize
 from .session import EncoderSession
 from .tokenize import TextTokenizer
@@ -83,7 +83,7 @@ class Embedder:
         tokenizer_json = read_verified(self.model_dir, self.manifest, "tokenizer.json").decode("utf-8")
         self.tokenizer = TextTokenizer(tokenizer_json, self.max_length, self.manifest["pad_token_id"])
         self.session = EncoderSession(
-            read_verified(self.model_dir, self.manifest, onnx_file),
+            verified_path(self.model_dir, self.manifest, onnx_file),
             threads=threads,
             position_offset=self.manifest.get("position_offset", 0),
         )

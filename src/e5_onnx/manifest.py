@@ -1,7 +1,8 @@
 """manifest.json of an exported model directory, and the sha256 checks made before loading.
 
-Files are read once, hashed, and the verified bytes are what gets loaded, so the bytes
-checked are the bytes used.
+The tokenizer is read once and the verified bytes are what gets parsed. The ONNX file is
+hashed by streaming and then loaded by path: handing onnxruntime a bytes copy instead would add
+the whole file to peak memory (measured: 295 MB vs 185 MB peak RSS for an 85 MB model).
 """
 from __future__ import annotations
 
@@ -50,19 +51,34 @@ def load_manifest(model_dir: Path) -> dict:
     return manifest
 
 
-def read_verified(model_dir: Path, manifest: dict, name: str) -> bytes:
-    """The bytes of `name`, after checking them against the manifest's sha256."""
+def _entry(model_dir: Path, manifest: dict, name: str) -> tuple[Path, str]:
     entry = manifest["files"].get(name)
     if entry is None:
         raise ModelDirError(f"{MANIFEST} in {str(model_dir)!r} does not list {name!r}")
     path = Path(model_dir) / name
     if not path.is_file():
         raise ModelDirError(f"{str(model_dir)!r} is missing {name!r}, which its {MANIFEST} lists")
-    data = path.read_bytes()
-    actual = sha256_bytes(data)
-    if actual != entry["sha256"]:
+    return path, entry["sha256"]
+
+
+def _check(path: Path, expected: str, actual: str) -> None:
+    if actual != expected:
         raise HashMismatchError(
-            f"sha256 mismatch for {path}: manifest says {entry['sha256']}, file is {actual}; "
+            f"sha256 mismatch for {path}: manifest says {expected}, file is {actual}; "
             "the file was modified or corrupted: re-export the model"
         )
+
+
+def read_verified(model_dir: Path, manifest: dict, name: str) -> bytes:
+    """The bytes of `name`, after checking them against the manifest's sha256."""
+    path, expected = _entry(model_dir, manifest, name)
+    data = path.read_bytes()
+    _check(path, expected, sha256_bytes(data))
     return data
+
+
+def verified_path(model_dir: Path, manifest: dict, name: str) -> Path:
+    """The path of `name`, after checking the file's sha256 against the manifest."""
+    path, expected = _entry(model_dir, manifest, name)
+    _check(path, expected, sha256_file(path))
+    return path

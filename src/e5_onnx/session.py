@@ -35,14 +35,14 @@ class EncoderSession:
     """Runs input_ids + attention_mask through the graph; token_type_ids / position_ids
     are supplied only if the graph asks for them."""
 
-    def __init__(self, model_bytes: bytes, threads: int | None = None, position_offset: int = 0) -> None:
+    def __init__(self, model_path: Path, threads: int | None = None, position_offset: int = 0) -> None:
         self.position_offset = position_offset  # XLM-R layout: positions start at padding_idx + 1
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or available_cores()
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         known = {"input_ids", "attention_mask", "token_type_ids", "position_ids"}
         unknown = set(self.input_names) - known
