@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     from e5_onnx.lock import cache_dir, get_spec
 
     from .build import ExportError, export_model
+
+    logging.getLogger().setLevel(logging.WARNING)  # onnxruntime's nbits quantizer sets the root logger to INFO
 
     spec = get_spec(args.name) if args.name else None
     try:

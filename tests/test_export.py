@@ -76,8 +76,11 @@ def test_cli_export_of_a_local_directory_never_touches_the_network(tiny_sources,
     for name, entry in manifest["files"].items():
         assert sha256_file(out / name) == entry["sha256"], name
     assert set(manifest["files"]) == names - {"manifest.json"}
-    assert manifest["export"]["fusions"]["Attention"] == 2  # both layers fused
-    assert manifest["export"]["int8_graph_ops"].get("MatMulInteger", 0) > 0
+    assert manifest["export"]["fusions"]["MultiHeadAttention"] == 2  # both layers fused
+    ops = manifest["export"]["int8_graph_ops"]
+    assert ops["MatMulNBits"] == 2  # the FFN output of each layer, blockwise
+    assert ops["MatMulInteger"] == 2 * 5  # Q, K, V, attention output, FFN input
+    assert ops["QEmbedLayerNormalization"] == 1 and "MatMul" not in ops
     assert {"torch", "optimum", "onnxruntime", "tokenizers"} <= set(manifest["versions"])
     par = manifest["parity"]
     assert par["torch_vs_fp32"]["cosine_min"] >= 0.99999
