@@ -63,7 +63,7 @@ class Embedder:
         *,
         threads: int | None = None,
         batch_size: int = 32,
-        max_batch_tokens: int = 16384,
+        max_batch_tokens: int = 4096,
     ) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")

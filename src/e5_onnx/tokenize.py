@@ -39,7 +39,8 @@ class TextTokenizer:
         """Group texts of similar token length; each batch pads to its own longest text.
 
         A batch holds at most `batch_size` texts and at most `max_batch_tokens`
-        padded tokens (always at least one text).
+        padded tokens (always at least one text): onnxruntime's attention keeps a
+        batch x heads x length x length score tensor, so the token budget is what bounds memory.
         """
         encodings = self.encode(texts)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
