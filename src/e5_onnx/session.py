@@ -42,6 +42,9 @@ class EncoderSession:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Memory patterns are planned and cached per input shape; every (batch, length) here is
+        # new, so they only add work and cached plans (benchmarks/memory_soak.py compares).
+        options.enable_mem_pattern = False
         self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         known = {"input_ids", "attention_mask", "token_type_ids", "position_ids"}
