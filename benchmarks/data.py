@@ -11,10 +11,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def shared_dir() -> Path:
     """../shared beside the checkout, or $E5_ONNX_SHARED."""
-    for c in (os.environ.get("E5_ONNX_SHARED"), ROOT.parent / "shared", Path("/work/shared")):
-        if c and (Path(c) / "data").is_dir():
+    candidates = [os.environ.get("E5_ONNX_SHARED"), ROOT.parent / "shared", Path("/work/shared")]
+    for c in candidates:
+        if c and (Path(c) / "models").is_dir() and (Path(c) / "data").is_dir():
             return Path(c)
-    raise FileNotFoundError("shared assets not found: set E5_ONNX_SHARED to the folder holding models/ and data/")
+    raise FileNotFoundError(
+        f"shared assets not found (looked in {[str(c) for c in candidates if c]}); "
+        "set E5_ONNX_SHARED to the folder holding models/ and data/"
+    )
 
 
 STSB_LANGS = ("en", "de", "es", "fr", "it", "ja", "nl", "pl", "pt", "ru", "zh")

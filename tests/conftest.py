@@ -12,21 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.data import shared_dir
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never call the network
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def shared_dir() -> Path:
-    """../shared beside the checkout, or $E5_ONNX_SHARED (CI clones elsewhere)."""
-    candidates = [os.environ.get("E5_ONNX_SHARED"), ROOT.parent / "shared", "/work/shared"]
-    for c in candidates:
-        if c and (Path(c) / "models").is_dir():
-            return Path(c)
-    raise FileNotFoundError(
-        f"test assets not found (looked in {[str(c) for c in candidates if c]}); set E5_ONNX_SHARED"
-    )
 
 
 def export_quiet(source: Path, out: Path, **kwargs) -> dict:

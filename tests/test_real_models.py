@@ -75,25 +75,12 @@ def test_minilm_limit_comes_from_its_sentence_transformers_config(minilm_export)
 
 def test_int8_and_fp32_match_torch_on_real_data_beyond_the_probes(real_export):
     """An independent torch run in the test itself, on STSb sentences and SciFact abstracts."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
     from benchmarks.data import scifact_passages, stsb
+    from tests.test_export import torch_reference
 
     manifest = json.loads((real_export / "manifest.json").read_text())
-    source = manifest["source"]["path"]
     texts = ["query: " + s1 for s1, _, _ in stsb("en")[:24]] + ["passage: " + p for p in scifact_passages()[:16]]
-    tok = AutoTokenizer.from_pretrained(source)
-    model = AutoModel.from_pretrained(source).eval()
-    ref = []
-    with torch.inference_mode():
-        for i in range(0, len(texts), 8):
-            enc = tok(texts[i:i + 8], padding=True, truncation=True, max_length=manifest["max_length"],
-                      return_tensors="pt")
-            h = model(**enc).last_hidden_state
-            m = enc["attention_mask"].unsqueeze(-1).float()
-            ref.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1).numpy())
-    ref = np.concatenate(ref)
+    ref = torch_reference(manifest["source"]["path"], texts, manifest["max_length"])
     fp32 = np.sum(ref * Embedder(real_export, variant="fp32").encode(texts), axis=1)
     int8 = np.sum(ref * Embedder(real_export).encode(texts), axis=1)
     assert fp32.min() >= 0.99999
