@@ -624,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         "environment": {"python": platform.python_version(), "machine": platform.machine(),
                         "cores": len(os.sched_getaffinity(0)),
                         **{n: version(n) for n in ("onnxruntime", "onnx", "torch", "transformers", "tokenizers", "numpy")}},
-        "models": json.loads(out.read_text(encoding="utf-8"))["models"] if out.is_file() else {},
+        "models": {},
     }
     for model in models:
         result = run_model(model, recipes, args.quick)
@@ -632,6 +632,8 @@ def main(argv: list[str] | None = None) -> int:
                                    "recipes": recipes, **result}
         print(table(model, result) + "\n", flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
+        if out.is_file():  # keep the models this run did not redo (read now: other runs may have written)
+            report["models"] = {**json.loads(out.read_text(encoding="utf-8"))["models"], **report["models"]}
         out.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         log(f"[{model}] {result['seconds']:.0f}s; wrote {out}")
     return 0
