@@ -72,7 +72,8 @@ GOALS = {
 # - nbits: MatMulNBits, weight-only int8 in blocks along K; accuracy_level 4 computes in int8 with
 #   activations quantized per block of each row, much finer than dynamic's one scale per tensor;
 #   "embeddings" then quantizes EmbedLayerNormalization's tables dynamically;
-# - export: export/convert.quantize with convert.QUANTIZATION, changed only by "ffn_block_size";
+# - export: export/convert.quantize with convert.QUANTIZATION, changed only in which MatMul groups
+#   (convert.matmul_groups) are blockwise ("matmuls") or in the block size;
 # - static: quantize_static, QDQ, activation ranges calibrated on 200 texts never evaluated.
 RECIPES: dict[str, dict | None] = {
     "default": None,  # the export's own model_int8.onnx
@@ -87,7 +88,9 @@ RECIPES: dict[str, dict | None] = {
     "nbits8-b128": {"method": "nbits", "bits": 8, "block_size": 128, "accuracy_level": 4},
     "nbits8-b32-emb": {"method": "nbits", "bits": 8, "block_size": 32, "accuracy_level": 4, "embeddings": True},
     "nbits8-b128-emb": {"method": "nbits", "bits": 8, "block_size": 128, "accuracy_level": 4, "embeddings": True},
-    "export-ffn-b32": {"method": "export", "ffn_block_size": 32},
+    "export-ffn-out": {"method": "export", "matmuls": ["ffn_out"]},  # the default before the FFN input joined
+    "export-ffn-out-attn": {"method": "export", "matmuls": ["ffn_out", "attention"]},
+    "export-ffn-b32": {"method": "export", "block_size": 32},
     "static-qdq": {"method": "static", "op_types": ["MatMul"], "per_channel": True, "calibrate": "MinMax"},
     "static-qdq-pct": {"method": "static", "op_types": ["MatMul"], "per_channel": True, "calibrate": "Percentile"},
 }
@@ -329,9 +332,9 @@ def speed_texts(model: str) -> list[str]:
 
 
 def export_recipe(recipe: dict) -> dict:
-    """convert.QUANTIZATION with the FFN output block size of `recipe`."""
+    """convert.QUANTIZATION with the blockwise MatMul groups / block size of `recipe`."""
     q = json.loads(json.dumps(convert.QUANTIZATION))
-    q["ffn_output_blockwise"]["block_size"] = recipe["ffn_block_size"]
+    q["blockwise"].update({k: recipe[k] for k in ("matmuls", "block_size") if k in recipe})
     return q
 
 
@@ -371,7 +374,7 @@ def quantize_recipe(model: str, fp32: Path, out: Path, recipe: dict) -> dict:
     done: dict = {"graph": "fused (export model.onnx)"}
     exclude = []
     if recipe.get("exclude"):
-        names = convert.ffn_output_matmuls(onnx.load(str(fp32), load_external_data=False).graph)
+        names = convert.matmul_groups(onnx.load(str(fp32), load_external_data=False).graph)["ffn_out"]
         exclude = names[-2:] if recipe["exclude"] == "last-2-ffn-out" else names
         done["nodes_excluded"] = exclude
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}  # fused com.microsoft ops defeat shape inference

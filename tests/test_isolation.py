@@ -5,6 +5,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from export.parity import INT8_MEAN_COSINE, INT8_MIN_COSINE
 from tests.conftest import ROOT
 
 FORBIDDEN = ("torch", "transformers", "optimum")
@@ -44,7 +45,7 @@ def test_embeds_in_a_process_where_torch_transformers_optimum_cannot_be_imported
             ref = np.load(d + "/reference.npz")
             got = Embedder(d).encode(list(ref["texts"]))
             cos = (got * ref["embeddings"]).sum(1)
-            assert cos.min() >= 0.97 and cos.mean() >= 0.99, (d, cos.min(), cos.mean())
+            assert cos.min() >= {INT8_MIN_COSINE} and cos.mean() >= {INT8_MEAN_COSINE}, (d, cos.min(), cos.mean())
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in {FORBIDDEN!r})
         assert not loaded, loaded
         print("ok", got.shape)

@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 
 from e5_onnx import Embedder
+from export.parity import FP32_MIN_COSINE, INT8_MEAN_COSINE, INT8_MIN_COSINE
 from export.probes import CARD_EN, CARD_MULTILINGUAL
+
+# Issue 4's goals for INT8 against torch on real texts (the parity floor above is the probe set's).
+REAL_INT8_MEAN, REAL_INT8_MIN = 0.995, 0.98
 
 
 @pytest.fixture(scope="module", params=["minilm", "me5"])
@@ -16,9 +20,9 @@ def real_export(request):
 
 def test_export_parity_figures_meet_the_floor(real_export):
     par = json.loads((real_export / "manifest.json").read_text())["parity"]
-    assert par["torch_vs_fp32"]["cosine_min"] >= 0.99999
-    assert par["torch_vs_int8"]["cosine_mean"] >= 0.99
-    assert par["torch_vs_int8"]["cosine_min"] >= 0.97
+    assert par["torch_vs_fp32"]["cosine_min"] >= FP32_MIN_COSINE
+    assert par["torch_vs_int8"]["cosine_mean"] >= INT8_MEAN_COSINE
+    assert par["torch_vs_int8"]["cosine_min"] >= INT8_MIN_COSINE
     assert par["torch_vs_int8"]["n_texts"] >= 20
 
 
@@ -29,9 +33,9 @@ def test_runtime_recheck_against_stored_torch_reference(real_export, variant):
     got = Embedder(real_export, variant=variant).encode(list(ref["texts"]))
     cos = np.sum(got.astype(np.float64) * ref["embeddings"], axis=1)
     if variant == "fp32":
-        assert cos.min() >= 0.99999
+        assert cos.min() >= FP32_MIN_COSINE
     else:
-        assert cos.mean() >= 0.99 and cos.min() >= 0.97
+        assert cos.mean() >= INT8_MEAN_COSINE and cos.min() >= INT8_MIN_COSINE
 
 
 def card_scores(model: Embedder, card: dict) -> np.ndarray:
@@ -83,5 +87,5 @@ def test_int8_and_fp32_match_torch_on_real_data_beyond_the_probes(real_export):
     ref = torch_reference(manifest["source"]["path"], texts, manifest["max_length"])
     fp32 = np.sum(ref * Embedder(real_export, variant="fp32").encode(texts), axis=1)
     int8 = np.sum(ref * Embedder(real_export).encode(texts), axis=1)
-    assert fp32.min() >= 0.99999
-    assert int8.mean() >= 0.99 and int8.min() >= 0.97
+    assert fp32.min() >= FP32_MIN_COSINE
+    assert int8.mean() >= REAL_INT8_MEAN and int8.min() >= REAL_INT8_MIN, (int8.mean(), int8.min())
