@@ -742,8 +742,8 @@ def main(argv: list[str] | None = None) -> int:
                     choices=["e5-small-arch", "minilm", "me5"])
     ap.add_argument("--threads", type=int, default=2, help="threads for every system (default 2)")
     ap.add_argument("--out", default=os.path.join(ROOT_DIR, "benchmarks", "results", "bench.json"))
-    ap.add_argument("--texts", type=int, help="texts in the mix (default 256, quick 32)")
-    ap.add_argument("--reps", type=int, help="interleaved repetitions per batch size (default 3, quick 1)")
+    ap.add_argument("--texts", type=int, help="texts in the mix (default 32, quick 8)")
+    ap.add_argument("--reps", type=int, help="interleaved repetitions per batch size (default 2, quick 1)")
     args = ap.parse_args(argv)
     p = dict(QUICK if args.quick else FULL)
     if args.texts:
