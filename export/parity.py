@@ -7,11 +7,11 @@ import numpy as np
 import torch
 
 # Issue #2 set the floor at 0.99 / 0.97. Raised to what the current recipe achieves with margin on
-# the probe set (the hardest texts: empty, one word, many scripts): MiniLM asset mean 0.99670,
-# min 0.99119; multilingual-e5-small rebuild 0.99944 / 0.99906; tiny random models >= 0.9999.
+# the probe set (the hardest texts: empty, one word, many scripts): MiniLM asset mean 0.99795,
+# min 0.99498; multilingual-e5-small rebuild 0.9995 / 0.9990; tiny random models >= 0.9999.
 FP32_MIN_COSINE = 0.99999
-INT8_MEAN_COSINE = 0.995
-INT8_MIN_COSINE = 0.985
+INT8_MEAN_COSINE = 0.996
+INT8_MIN_COSINE = 0.99
 
 
 @torch.inference_mode()

@@ -79,8 +79,8 @@ def test_cli_export_of_a_local_directory_never_touches_the_network(tiny_sources,
     assert set(manifest["files"]) == names - {"manifest.json"}
     assert manifest["export"]["fusions"]["MultiHeadAttention"] == 2  # both layers fused
     ops = manifest["export"]["int8_graph_ops"]
-    assert ops["MatMulNBits"] == 2 * 2  # the FFN input and output of each layer, blockwise
-    assert ops["MatMulInteger"] == 2 * 4  # Q, K, V, attention output
+    assert ops["MatMulNBits"] == 2 * 6  # Q, K, V, attention output, FFN in and out, blockwise
+    assert "MatMulInteger" not in ops
     assert ops["QEmbedLayerNormalization"] == 1 and "MatMul" not in ops
     assert {"torch", "optimum", "onnxruntime", "tokenizers"} <= set(manifest["versions"])
     par = manifest["parity"]
