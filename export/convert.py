@@ -25,8 +25,8 @@ OPSET = 18
 #   MiniLM asset, cosine to torch (mean / min) and texts/s relative to this recipe, side by
 #   side (`python -m benchmarks.fidelity --quick --models minilm --recipes ...`,
 #   benchmarks/results/fidelity-recipes-quick.json, where this recipe is export-all-blockwise):
-#     every MatMul dynamic (matmul-pc)      0.99381 / 0.98875   1.46x
-#     FFN out blockwise (export-ffn-out)    0.99637 / 0.99341   1.40x   full run, 8,241 texts: min 0.97622
+#     every MatMul dynamic (matmul-pc)      0.99381 / 0.98875   1.45x
+#     FFN out blockwise (export-ffn-out)    0.99637 / 0.99341   1.39x   full run, 8,241 texts: min 0.97622
 #     FFN in + out blockwise (export-ffn)   0.99815 / 0.99661   1.23x   full run: min 0.98825; mE5
 #                                                                       Tatoeba ell -0.65 points
 #     every MatMul blockwise (this)         0.99882 / 0.99793   1.00x   full run: min 0.99514
