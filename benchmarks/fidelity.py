@@ -88,11 +88,11 @@ RECIPES: dict[str, dict | None] = {
     "nbits8-b128": {"method": "nbits", "bits": 8, "block_size": 128, "accuracy_level": 4},
     "nbits8-b32-emb": {"method": "nbits", "bits": 8, "block_size": 32, "accuracy_level": 4, "embeddings": True},
     "nbits8-b128-emb": {"method": "nbits", "bits": 8, "block_size": 128, "accuracy_level": 4, "embeddings": True},
-    "export-ffn-out": {"method": "export", "matmuls": ["ffn_out"]},  # the default before the FFN input joined
+    "export-ffn-out": {"method": "export", "matmuls": ["ffn_out"]},  # the default of the first MultiHeadAttention recipe
     "export-ffn-out-attn": {"method": "export", "matmuls": ["ffn_out", "attention"]},
     "export-ffn": {"method": "export", "matmuls": ["ffn_in", "ffn_out"]},
     "export-all-blockwise": {"method": "export", "matmuls": ["ffn_in", "ffn_out", "attention"]},  # = default
-    "export-ffn-b32": {"method": "export", "block_size": 32},
+    "export-ffn-b32": {"method": "export", "matmuls": ["ffn_in", "ffn_out"], "block_size": 32},
     "static-qdq": {"method": "static", "op_types": ["MatMul"], "per_channel": True, "calibrate": "MinMax"},
     "static-qdq-pct": {"method": "static", "op_types": ["MatMul"], "per_channel": True, "calibrate": "Percentile"},
 }
