@@ -203,6 +203,11 @@ def cold_child(spec_json: str) -> None:
         t_load = time.perf_counter()
     t_first = time.perf_counter()
     total = time.time() - spec["t0"]
+    latencies = []
+    for q in spec.get("queries", []):  # single-query latency, after the cold start was timed
+        t = time.perf_counter()
+        encode([q], 1)
+        latencies.append(time.perf_counter() - t)
     import resource
 
     # VmHWM is this process's own peak; ru_maxrss also carries the spawning parent's peak across exec.
@@ -210,15 +215,17 @@ def cold_child(spec_json: str) -> None:
         hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
     print(json.dumps({"total_s": total, "import_s": t_import - t_start, "load_s": t_load - t_import,
                       "first_embed_s": t_first - t_load, "peak_rss_mb": hwm / 1024,
-                      "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "latencies_s": latencies}))
 
 
-def cold_start(system: str, m: dict, threads: int, text: str, env: dict) -> dict:
-    """Spawn a fresh interpreter; total = wall time from just before spawn to after the first embedding."""
+def cold_start(system: str, m: dict, threads: int, text: str, env: dict, queries: list[str] = ()) -> dict:
+    """Spawn a fresh interpreter; total = wall time from just before spawn to after the first embedding.
+    `queries` are then embedded one per call and timed, in a process holding this system alone."""
     import json
     import subprocess
 
-    spec = {"system": system, "m": m, "threads": threads, "text": text}
+    spec = {"system": system, "m": m, "threads": threads, "text": text, "queries": list(queries)}
     spec["t0"] = time.time()
     p = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--cold-child", json.dumps(spec)],
                        cwd=ROOT_DIR, env=env, capture_output=True, text=True, timeout=600)
@@ -513,20 +520,22 @@ def measure_throughput(res: dict, encoders: dict, texts: list[str], lengths: lis
     return outputs, roof_times
 
 
-def measure_latency(res: dict, encoders: dict, queries: list[str], calls: int, block: int = 10) -> None:
-    """One query per call. Systems take turns in blocks of `block` calls (rotating order), each block
-    after one untimed call, so no system pays for the previous one's still-spinning thread pool."""
+def measure_latency(res: dict, m: dict, threads: int, queries: list[str], calls: int, env: dict,
+                    rounds: int = 2) -> None:
+    """One query per call, each system in a fresh process of its own (a process holding every
+    system's thread pools slows all of them), rounds alternating between systems (rotating order).
+    Each round's first 10 calls warm up and are not counted."""
     import numpy as np
 
-    lat: dict[str, list] = {s: [] for s in encoders}
-    for rnd in range(-(-calls // block)):
-        qs = [[queries[i % len(queries)]] for i in range(rnd * block, min(rnd * block + block, calls))]
-        for s in rotate(list(encoders), rnd):
-            _timed(res, encoders, s, qs[0], 1)  # untimed
-            for q in qs:
-                dt, _ = _timed(res, encoders, s, q, 1) if s in encoders else (None, None)
-                if dt is not None:
-                    lat[s].append(dt)
+    per_round, warm = -(-calls // rounds), queries[:10]
+    lat: dict[str, list] = {s: [] for s in res["systems"]}
+    for rnd in range(rounds):
+        qs = [queries[i % len(queries)] for i in range(rnd * per_round, (rnd + 1) * per_round)]
+        for s in rotate(list(res["systems"]), rnd):
+            try:
+                lat[s] += cold_start(s, m, threads, qs[0], env, warm + qs)["latencies_s"][len(warm):]
+            except Exception as e:
+                res["systems"][s]["latency_error"] = _err(e)
     for s, v in lat.items():
         if v:
             ms = np.asarray(v) * 1e3
@@ -585,7 +594,7 @@ def bench_model(name: str, p: dict, threads: int, env: dict, log: Callable) -> d
     roof_run()
     outputs, roof_times = measure_throughput(res, encoders, texts, lengths, p, roof_run, log)
     log(f"[{name}] latency: {p['latency_calls']} single queries per system")
-    measure_latency(res, encoders, queries, p["latency_calls"])
+    measure_latency(res, m, threads, queries, p["latency_calls"], env)
     summarize(res, cfg, lengths, outputs, roof_ops, roof_times)
     return res
 
@@ -769,8 +778,9 @@ def main(argv: list[str] | None = None) -> int:
            "text_mix": {"seed": SEED, "recipe": "half STSb-en test sentences (unique, 'query: '), half SciFact "
                         "title+abstract ('passage: '), random.Random(seed).sample, then shuffled",
                         "batch1": f"batch size 1 uses the first {p['batch1_texts']} texts of the mix",
-                        "latency": "single queries: the mix's STSb queries in turn, one text per call, systems taking "
-                                   "turns in blocks of 10 calls (rotating order), one untimed call before each block"},
+                        "latency": "single queries: the mix's STSb queries in turn, one text per call, each system in a fresh "
+                                   "process of its own, 2 rounds alternating between systems (rotating order), the first "
+                                   "10 calls of each untimed"},
            "notes": ["x_st = speed-up over st-torch in this run (throughput ratio; st-torch time / system time for "
                      "latency p50 and cold start)",
                      "throughput = median of interleaved repetitions; tokens = real non-pad tokens after truncation",
