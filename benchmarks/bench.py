@@ -186,7 +186,8 @@ def systems_for(model: str) -> list[str]:
 # ---------------------------------------------------------------- cold start
 
 def cold_child(spec_json: str) -> None:
-    """Runs in a fresh process: import, load, embed one text; print the times and peak RSS as JSON."""
+    """Runs in a fresh process: import, load, embed one text; then, if given, time one call per query
+    (measure_latency); print the times and peak RSS as JSON."""
     import importlib
     import json
 
