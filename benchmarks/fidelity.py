@@ -18,7 +18,7 @@ it gets the E5 prefixes too, since only agreement with torch matters here.
 
     python -m benchmarks.fidelity --quick                       # smoke run on subsets
     python -m benchmarks.fidelity --models minilm --recipes all
-    python -m benchmarks.fidelity --models me5 --recipes default,nbits8-b32,nbits8-b32-emb
+    python -m benchmarks.fidelity --models me5 --recipes default,export-ffn,nbits8-b32-emb
 
 A full me5 run is hours on 2 cores (torch on 5,183 abstracts of up to 512 tokens alone is ~1 h).
 """
@@ -69,12 +69,13 @@ GOALS = {
 # - dynamic: quantize_dynamic (QInt8 weights, uint8 activations quantized per tensor per batch at run
 #   time); pc / pt = per-channel / per-tensor weights; "exclude" keeps FFN output MatMuls (the ones
 #   fed by the GELU) in fp32;
-# - nbits: MatMulNBits, weight-only int8 in blocks along K; accuracy_level 4 computes in int8 with
-#   activations quantized per block of each row, much finer than dynamic's one scale per tensor;
-#   "embeddings" then quantizes EmbedLayerNormalization's tables dynamically;
 # - export: export/convert.quantize with convert.QUANTIZATION, changed only in which MatMul groups
-#   (convert.matmul_groups) are blockwise ("matmuls") or in the block size;
+#   (convert.matmul_groups) are blockwise MatMulNBits ("matmuls"; accuracy level 4 computes in
+#   int8 with activations quantized per block of each row, much finer than dynamic's one scale per
+#   tensor), the block size, or which ops are then quantized dynamically ("dynamic_op_types":
+#   without EmbedLayerNormalization the embedding tables stay fp32);
 # - static: quantize_static, QDQ, activation ranges calibrated on 200 texts never evaluated.
+ALL_MATMULS = ["ffn_in", "ffn_out", "attention"]
 RECIPES: dict[str, dict | None] = {
     "default": None,  # the export's own model_int8.onnx
     "matmul-pc": {"op_types": ["MatMul"], "per_channel": True},
@@ -84,14 +85,13 @@ RECIPES: dict[str, dict | None] = {
     "matmul-pc-rr": {"op_types": ["MatMul"], "per_channel": True, "reduce_range": True},
     "exclude-last-ffn": {"op_types": ["MatMul"], "per_channel": True, "exclude": "last-2-ffn-out"},
     "exclude-ffn-out": {"op_types": ["MatMul"], "per_channel": True, "exclude": "all-ffn-out"},
-    "nbits8-b32": {"method": "nbits", "bits": 8, "block_size": 32, "accuracy_level": 4},
-    "nbits8-b128": {"method": "nbits", "bits": 8, "block_size": 128, "accuracy_level": 4},
-    "nbits8-b32-emb": {"method": "nbits", "bits": 8, "block_size": 32, "accuracy_level": 4, "embeddings": True},
-    "nbits8-b128-emb": {"method": "nbits", "bits": 8, "block_size": 128, "accuracy_level": 4, "embeddings": True},
+    "nbits8-b32": {"method": "export", "matmuls": ALL_MATMULS, "block_size": 32, "dynamic_op_types": ["MatMul"]},
+    "nbits8-b128": {"method": "export", "matmuls": ALL_MATMULS, "dynamic_op_types": ["MatMul"]},
+    "nbits8-b32-emb": {"method": "export", "matmuls": ALL_MATMULS, "block_size": 32},
     "export-ffn-out": {"method": "export", "matmuls": ["ffn_out"]},  # the default of the first MultiHeadAttention recipe
     "export-ffn-out-attn": {"method": "export", "matmuls": ["ffn_out", "attention"]},
     "export-ffn": {"method": "export", "matmuls": ["ffn_in", "ffn_out"]},
-    "export-all-blockwise": {"method": "export", "matmuls": ["ffn_in", "ffn_out", "attention"]},  # = default
+    "export-all-blockwise": {"method": "export", "matmuls": ALL_MATMULS},  # = default
     "export-ffn-b32": {"method": "export", "matmuls": ["ffn_in", "ffn_out"], "block_size": 32},
     "static-qdq": {"method": "static", "op_types": ["MatMul"], "per_channel": True, "calibrate": "MinMax"},
     "static-qdq-pct": {"method": "static", "op_types": ["MatMul"], "per_channel": True, "calibrate": "Percentile"},
@@ -334,9 +334,11 @@ def speed_texts(model: str) -> list[str]:
 
 
 def export_recipe(recipe: dict) -> dict:
-    """convert.QUANTIZATION with the blockwise MatMul groups / block size of `recipe`."""
+    """convert.QUANTIZATION with the blockwise MatMul groups / block size / dynamic ops of `recipe`."""
     q = json.loads(json.dumps(convert.QUANTIZATION))
     q["blockwise"].update({k: recipe[k] for k in ("matmuls", "block_size") if k in recipe})
+    if "dynamic_op_types" in recipe:
+        q["dynamic"]["op_types"] = recipe["dynamic_op_types"]
     return q
 
 
@@ -390,21 +392,6 @@ def quantize_recipe(model: str, fp32: Path, out: Path, recipe: dict) -> dict:
         quantize_dynamic(str(fp32), str(out), op_types_to_quantize=recipe["op_types"], per_channel=recipe["per_channel"],
                          reduce_range=recipe.get("reduce_range", False), weight_type=QuantType.QInt8,
                          nodes_to_exclude=exclude, extra_options=extra)
-        return done
-    if method == "nbits":  # weight-only blockwise int8; accuracy_level 4 = int8 compute, activations per block
-        from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
-
-        config = DefaultWeightOnlyQuantConfig(block_size=recipe["block_size"], is_symmetric=True,
-                                              accuracy_level=recipe["accuracy_level"], bits=recipe["bits"])
-        logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32)), bits=recipe["bits"], block_size=recipe["block_size"],
-                                         is_symmetric=True, accuracy_level=recipe["accuracy_level"],
-                                         nodes_to_exclude=exclude, algo_config=config)
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(out))
-        if recipe.get("embeddings"):  # and the word/position tables, which dominate a 250k-token vocabulary
-            quantize_dynamic(str(out), str(out), op_types_to_quantize=["EmbedLayerNormalization"],
-                             weight_type=QuantType.QInt8, extra_options=extra)
         return done
 
     def static(graph: Path) -> None:
