@@ -46,7 +46,7 @@ from scipy.stats import spearmanr
 from e5_onnx import Embedder
 from e5_onnx.manifest import sha256_file
 
-from export import convert
+from export import calibration, convert, smooth
 
 from .assets import export_dir, source_dir, work_dir
 from .data import ROOT, STSB_LANGS, scifact, shared_dir, stsb, tatoeba
@@ -73,7 +73,9 @@ GOALS = {
 #   (convert.matmul_groups) are blockwise MatMulNBits ("matmuls"; accuracy level 4 computes in
 #   int8 with activations quantized per block of each row, much finer than dynamic's one scale per
 #   tensor), the block size, or which ops are then quantized dynamically ("dynamic_op_types":
-#   without EmbedLayerNormalization the embedding tables stay fp32);
+#   without EmbedLayerNormalization the embedding tables stay fp32), and the SmoothQuant alpha for
+#   the MatMuls left dynamic ("smooth", export/smooth.py, calibrated on export/calibration.py's
+#   texts as the exporter does; recipes without it are not smoothed);
 # - static: quantize_static, QDQ, activation ranges calibrated on 200 texts never evaluated.
 ALL_MATMULS = ["ffn_in", "ffn_out", "attention"]
 RECIPES: dict[str, dict | None] = {
@@ -86,13 +88,18 @@ RECIPES: dict[str, dict | None] = {
     "exclude-last-ffn": {"op_types": ["MatMul"], "per_channel": True, "exclude": "last-2-ffn-out"},
     "exclude-ffn-out": {"op_types": ["MatMul"], "per_channel": True, "exclude": "all-ffn-out"},
     "nbits8-b32": {"method": "export", "matmuls": ALL_MATMULS, "block_size": 32, "dynamic_op_types": ["MatMul"]},
-    "nbits8-b128": {"method": "export", "matmuls": ALL_MATMULS, "dynamic_op_types": ["MatMul"]},
+    "nbits8-b128": {"method": "export", "matmuls": ALL_MATMULS, "block_size": 128, "dynamic_op_types": ["MatMul"]},
     "nbits8-b32-emb": {"method": "export", "matmuls": ALL_MATMULS, "block_size": 32},
-    "export-ffn-out": {"method": "export", "matmuls": ["ffn_out"]},  # the default of the first MultiHeadAttention recipe
-    "export-ffn-out-attn": {"method": "export", "matmuls": ["ffn_out", "attention"]},
-    "export-ffn": {"method": "export", "matmuls": ["ffn_in", "ffn_out"]},
-    "export-all-blockwise": {"method": "export", "matmuls": ALL_MATMULS},  # = default
+    "export-ffn-out": {"method": "export", "matmuls": ["ffn_out"], "block_size": 128},  # the default of the first MultiHeadAttention recipe
+    "export-ffn-out-attn": {"method": "export", "matmuls": ["ffn_out", "attention"], "block_size": 128},
+    "export-ffn": {"method": "export", "matmuls": ["ffn_in", "ffn_out"], "block_size": 128},
+    "export-all-blockwise": {"method": "export", "matmuls": ALL_MATMULS, "block_size": 128},  # the issue-4 default
     "export-ffn-b32": {"method": "export", "matmuls": ["ffn_in", "ffn_out"], "block_size": 32},
+    "smooth-dyn-a05": {"method": "export", "matmuls": [], "smooth": 0.5},
+    "smooth-dyn-a07": {"method": "export", "matmuls": [], "smooth": 0.7},
+    "smooth-dyn-a09": {"method": "export", "matmuls": [], "smooth": 0.9},
+    "smooth-a07-ffn-out-b128": {"method": "export", "matmuls": ["ffn_out"], "block_size": 128, "smooth": 0.7},
+    "smooth-a07-ffn-out": {"method": "export", "matmuls": ["ffn_out"], "block_size": 256, "smooth": 0.7},  # = default
     "static-qdq": {"method": "static", "op_types": ["MatMul"], "per_channel": True, "calibrate": "MinMax"},
     "static-qdq-pct": {"method": "static", "op_types": ["MatMul"], "per_channel": True, "calibrate": "Percentile"},
 }
@@ -337,9 +344,23 @@ def export_recipe(recipe: dict) -> dict:
     """convert.QUANTIZATION with the blockwise MatMul groups / block size / dynamic ops of `recipe`."""
     q = json.loads(json.dumps(convert.QUANTIZATION))
     q["blockwise"].update({k: recipe[k] for k in ("matmuls", "block_size") if k in recipe})
+    q["smooth"] = {"alpha": recipe["smooth"]} if recipe.get("smooth") else None  # older recipes: none
     if "dynamic_op_types" in recipe:
         q["dynamic"]["op_types"] = recipe["dynamic_op_types"]
     return q
+
+
+def export_texts() -> list[str]:
+    return calibration.calibration_texts(QUERY, PASSAGE)
+
+
+def export_calibration(fp32: Path) -> list[dict]:
+    """The exporter's own smoothing calibration (export/calibration.py), as export/build.py feeds it."""
+    import onnx
+    from tokenizers import Tokenizer
+
+    inputs = [i.name for i in onnx.load(str(fp32), load_external_data=False).graph.input]
+    return smooth.calibration_feeds(Tokenizer.from_file(str(fp32.parent / "tokenizer.json")), export_texts(), inputs)
 
 
 class TextReader:
@@ -385,7 +406,7 @@ def quantize_recipe(model: str, fp32: Path, out: Path, recipe: dict) -> dict:
     method = recipe.get("method", "dynamic")
     if method == "export":
         effective = export_recipe(recipe)
-        convert.quantize(fp32, out, effective)
+        convert.quantize(fp32, out, effective, calibration=export_calibration(fp32))
         done["quantization"] = effective
         return done
     if method == "dynamic":
@@ -439,6 +460,7 @@ def recipe_variant(model: str, export: Path, name: str) -> Variant:
     builder = [inspect.getsource(quantize_recipe), inspect.getsource(TextReader)]
     if recipe.get("method") == "export":
         builder += [json.dumps(export_recipe(recipe)), inspect.getsource(convert.quantize)]
+        builder += [inspect.getsource(smooth), inspect.getsource(export_calibration), *export_texts()]
     key = short_hash(json.dumps(recipe, sort_keys=True), manifest["files"]["model.onnx"]["sha256"],
                      version("onnxruntime"), calib, *builder)
     out = cache_dir() / "recipes" / f"{model}-{name}-{key}"

@@ -10,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from tokenizers import Tokenizer
 from transformers import AutoModel, AutoTokenizer
@@ -18,7 +19,8 @@ from e5_onnx import Embedder
 from e5_onnx.manifest import FORMAT, MANIFEST, sha256_file
 from e5_onnx.session import available_cores
 
-from . import convert, parity
+from . import convert, parity, smooth
+from .calibration import calibration_texts
 from .probes import probe_texts
 
 SUPPORTED_MODEL_TYPES = ("bert", "xlm-roberta")
@@ -142,7 +144,9 @@ def _export_into(staging, source_dir, source, name, query_prefix, passage_prefix
     shutil.rmtree(staging / "raw")
     log(f"  fused: {fusions}")
     log("quantizing to INT8 ...")
-    convert.quantize(staging / "model.onnx", staging / "model_int8.onnx")
+    graph_inputs = [i.name for i in onnx.load(str(staging / "model.onnx"), load_external_data=False).graph.input]
+    calibration = smooth.calibration_feeds(tokenizer, calibration_texts(query_prefix, passage_prefix), graph_inputs)
+    convert.quantize(staging / "model.onnx", staging / "model_int8.onnx", calibration=calibration)
 
     log(f"torch reference on {len(texts)} probe texts ...")
     reference = parity.torch_embeddings(model, hf_tokenizer, texts, max_length)
@@ -167,6 +171,7 @@ def _export_into(staging, source_dir, source, name, query_prefix, passage_prefix
             "opset": convert.OPSET,
             "fusions": fusions,
             "quantization": convert.QUANTIZATION,
+            "calibration_texts": len(calibration),
             "int8_graph_ops": convert.graph_op_counts(staging / "model_int8.onnx"),
         },
         "versions": library_versions(),

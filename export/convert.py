@@ -12,29 +12,39 @@ from onnxruntime.transformers.fusion_options import FusionOptions
 from onnxruntime.transformers.optimizer import optimize_model
 from optimum.exporters.onnx import onnx_export_from_model
 
+from . import smooth as smoothquant
+
 OPSET = 18
 
 # The INT8 recipe, chosen by measurement; README "INT8 recipe" has the tables and commands.
 # - Attention is fused as MultiHeadAttention, leaving the Q/K/V projections as plain MatMuls
 #   that quantize like every other MatMul: 1.59x the batch throughput of the first recipe
 #   (MatMul-only with a fused fp32 Attention, whose QKV projection stayed fp32).
-# - Every MatMul is MatMulNBits 8-bit, blocks of 128 along K, accuracy level 4: int8 compute
-#   with the activations quantized per block of each row, where dynamic quantization
-#   (QOperator, s8 weights per channel) uses one activation scale per tensor. The LayerNorm and
-#   GELU outputs have outlier channels that one scale crushes, worst on short texts.
-#   MiniLM asset, cosine to torch (mean / min) and texts/s relative to this recipe, side by
-#   side (`python -m benchmarks.fidelity --quick --models minilm --recipes ...`,
-#   benchmarks/results/fidelity-recipes-quick.json, where this recipe is export-all-blockwise):
-#     every MatMul dynamic (matmul-pc)      0.99381 / 0.98875   1.45x
-#     FFN out blockwise (export-ffn-out)    0.99637 / 0.99341   1.39x   full run, 8,241 texts: min 0.97622
-#     FFN in + out blockwise (export-ffn)   0.99815 / 0.99661   1.23x   full run: min 0.98825; mE5
-#                                                                       Tatoeba ell -0.65 points
-#     every MatMul blockwise (this)         0.99882 / 0.99793   1.00x   full run: min 0.99514
-#   Only this one meets every goal of issue 4 on both real models (full runs: README
-#   "Fidelity"); in those runs it had 0.85x (MiniLM) / 0.91x (mE5) the throughput of FFN-only.
+# - Q/K/V, attention output and FFN in: SmoothQuant (smooth.py, alpha 0.7, calibrated on
+#   calibration.py's texts), then dynamic INT8 (QOperator, s8 weights per channel, u8
+#   activations with one scale per tensor). onnxruntime's MatMulInteger path runs 2-3x faster
+#   than MatMulNBits on these shapes ([3072,384]x[384,1536]: 722 vs 322 GOPS; a 14-token query:
+#   50 vs 148 us; 2 threads, scratch microbenchmark), and smoothing wins back what one scale
+#   per tensor loses to the LayerNorm outputs' outlier channels.
+# - FFN out (fed by the GELU): MatMulNBits 8-bit, blocks of 256 along K, accuracy level 4 (int8
+#   compute, activations quantized per block of each row); smoothed-dynamic costs too much there.
+#   MiniLM asset, cosine to torch (mean / min) on the quick set
+#   (`python -m benchmarks.fidelity --quick --models minilm --recipes ...`,
+#   benchmarks/results/fidelity-recipes-quick.json):
+#     every MatMul dynamic (matmul-pc)                 0.99381 / 0.98875
+#     every MatMul smoothed-dynamic (smooth-dyn-a07)   0.99523 / 0.99014   alpha 0.5: 0.99, 0.9: 0.986
+#     FFN out blockwise, rest dynamic (export-ffn-out) 0.99636 / 0.99334   full run: min 0.97622
+#     every MatMul blockwise (export-all-blockwise)    0.99882 / 0.99799   the issue-4 default
+#     FFN out blockwise, rest smoothed (this)          0.99857 / 0.99736
+#   Full runs (README "Fidelity") meet every goal of issue 4 on both real models; MiniLM batch
+#   throughput 1.33x the every-MatMul-blockwise recipe in the same run.
 # - EmbedLayerNormalization: the embedding tables in INT8 (4x smaller files; mean cosine -0.0003).
+# - SkipLayerNormalization left unfused: onnxruntime's CPU kernel for it takes 3.0 ms where the
+#   Add + LayerNormalization it replaces take 0.67 (32 x 96 x 384 floats, 2 threads).
 QUANTIZATION = {
     "attention_fusion": "MultiHeadAttention",
+    "skip_layer_norm_fusion": False,
+    "smooth": {"alpha": 0.7},
     "dynamic": {
         "format": "QOperator",
         "weight_type": "QInt8",
@@ -44,8 +54,8 @@ QUANTIZATION = {
         "op_types": ["MatMul", "EmbedLayerNormalization"],
     },
     "blockwise": {  # these groups (matmul_groups); any other MatMul is quantized dynamically
-        "op": "MatMulNBits", "matmuls": ["ffn_in", "ffn_out", "attention"],
-        "bits": 8, "block_size": 128, "symmetric": True, "accuracy_level": 4,
+        "op": "MatMulNBits", "matmuls": ["ffn_out"],
+        "bits": 8, "block_size": 256, "symmetric": True, "accuracy_level": 4,
     },
 }
 GELU_OPS = ("BiasGelu", "Gelu", "FastGelu")
@@ -68,6 +78,7 @@ def optimize(raw: Path, out: Path, num_heads: int, hidden_size: int) -> dict[str
     """Offline BERT fusions (attention, skip-layernorm, embed-layernorm, bias-gelu); returns fused op counts."""
     options = FusionOptions("bert")
     options.use_multi_head_attention = QUANTIZATION["attention_fusion"] == "MultiHeadAttention"
+    options.enable_skip_layer_norm = QUANTIZATION["skip_layer_norm_fusion"]
     model = optimize_model(
         str(raw), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
         opt_level=0, optimization_options=options, use_gpu=False,
@@ -95,12 +106,21 @@ def matmul_groups(graph: onnx.GraphProto) -> dict[str, list[str]]:
     return groups
 
 
-def quantize(fp32: Path, out: Path, recipe: dict = QUANTIZATION) -> None:
+def quantize(fp32: Path, out: Path, recipe: dict = QUANTIZATION,
+             calibration: list[dict] | None = None) -> None:
+    """fp32 graph -> INT8 file: blockwise MatMuls first, the rest smoothed (calibration: unpadded
+    feeds, see smooth.calibration_feeds) and quantized dynamically."""
     model = onnx.load(str(fp32))
     blockwise = recipe.get("blockwise")
+    keep: set[str] = set()
     if blockwise:
         groups = matmul_groups(model.graph)
-        keep = {name for group in blockwise["matmuls"] for name in groups[group]}
+        keep = set(blockwise.get("names") or {name for group in blockwise["matmuls"] for name in groups[group]})
+    if recipe.get("smooth"):
+        if not calibration:
+            raise ValueError("the recipe smooths MatMul inputs: calibration feeds are required")
+        model = smoothquant.smooth(model, calibration, recipe["smooth"]["alpha"], skip=keep)
+    if blockwise:
         others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in keep]
         config = DefaultWeightOnlyQuantConfig(
             block_size=blockwise["block_size"], is_symmetric=blockwise["symmetric"],

@@ -79,8 +79,11 @@ def test_cli_export_of_a_local_directory_never_touches_the_network(tiny_sources,
     assert set(manifest["files"]) == names - {"manifest.json"}
     assert manifest["export"]["fusions"]["MultiHeadAttention"] == 2  # both layers fused
     ops = manifest["export"]["int8_graph_ops"]
-    assert ops["MatMulNBits"] == 2 * 6  # Q, K, V, attention output, FFN in and out, blockwise
-    assert "MatMulInteger" not in ops
+    assert ops["MatMulNBits"] == 2 * 1  # FFN out, blockwise
+    assert ops["MatMulInteger"] == 2 * 5  # Q, K, V, attention output, FFN in: smoothed, dynamic
+    assert ops["Mul"] >= 2 * 2  # smoothing of the two LayerNorm outputs per layer (attention output: folded into V)
+    assert ops["LayerNormalization"] == 2 * 2 and "SkipLayerNormalization" not in ops
+    assert manifest["export"]["calibration_texts"] >= 50
     assert ops["QEmbedLayerNormalization"] == 1 and "MatMul" not in ops
     assert {"torch", "optimum", "onnxruntime", "tokenizers"} <= set(manifest["versions"])
     par = manifest["parity"]
