@@ -266,7 +266,8 @@ def scifact_task(quick: bool) -> Task:
             ndcg.append(dcg / idcg if idcg > 0 else 0.0)
             relevant = {d for d, r in rel.items() if r > 0}
             recall.append(len(relevant & {dids[j] for j in top[qi]}) / len(relevant))
-        return {"nDCG@10": 100 * float(np.mean(ndcg)), "Recall@100": 100 * float(np.mean(recall))}
+        return {"nDCG@10": 100 * float(np.mean(ndcg)), "Recall@100": 100 * float(np.mean(recall)),
+                "nDCG@10 per query": [100 * x for x in ndcg]}
 
     docs = [PASSAGE + f"{corpus[d]['title']} {corpus[d]['text']}".strip() for d in dids]
     return Task("SciFact", "retrieval", {"queries": [QUERY + queries[q] for q in qids], "docs": docs}, score)
@@ -294,19 +295,28 @@ def tasks_for(model: str, quick: bool) -> list[Task]:
     return tasks
 
 
-def evaluate(model: str, variant: Variant, tasks: list[Task]) -> tuple[dict[str, float], list[np.ndarray]]:
-    """{metric row: value} and the embeddings of every group, in task order (for the cosines)."""
-    metrics, embedded = {}, []
+def evaluate(model: str, variant: Variant, tasks: list[Task]) -> tuple[dict[str, float], list[np.ndarray], dict]:
+    """{metric row: value}, the embeddings of every group in task order (for the cosines), and
+    {metric row: per-query values} where a task gives them (for the paired standard error)."""
+    metrics, embedded, per_query = {}, [], {}
     for task in tasks:
         e = {g: embed(model, variant, texts, f"{task.name} {g}") for g, texts in task.groups.items()}
         embedded += list(e.values())
         for name, value in task.score(e).items():
-            metrics[f"{task.name} {name}"] = value
+            if name.endswith(" per query"):
+                per_query[f"{task.name} {name[: -len(' per query')]}"] = np.asarray(value)
+            else:
+                metrics[f"{task.name} {name}"] = value
     for prefix in ("STSb", "Tatoeba"):  # means over languages, when there are several
         rows = [v for k, v in metrics.items() if k.startswith(prefix + " ") and " mean " not in k]
         if len(rows) > 1:
             metrics[f"{prefix} mean ({len(rows)} langs)"] = float(np.mean(rows))
-    return metrics, embedded
+    return metrics, embedded, per_query
+
+
+def paired_se(candidate: dict, reference: dict) -> dict[str, float]:
+    """Standard error of the mean per-query difference to torch: what a drop can be told from."""
+    return {k: float(np.std(v - reference[k], ddof=1) / math.sqrt(len(v))) for k, v in candidate.items()}
 
 
 def cosine_stats(reference: list[np.ndarray], candidate: list[np.ndarray], texts: list[str]) -> dict:
@@ -545,6 +555,9 @@ def table(model: str, result: dict) -> str:
             v = variants[label]["metrics"][metric]
             cells.append(f"{v:.2f}" if label == "torch" else f"{v:.2f} ({v - ref[metric]:+.2f})")
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    for metric in variants[labels[-1]].get("paired_se", {}):
+        cells = [f"{variants[label]['paired_se'][metric]:.2f}" if "paired_se" in variants[label] else "-" for label in labels]
+        lines.append(f"| {metric}: standard error of the difference (per-query pairs) | " + " | ".join(cells) + " |")
     for stat in ("mean", "p1", "min"):
         cells = [f"{variants[label]['cosine'][stat]:.5f}" if "cosine" in variants[label] else "-" for label in labels]
         lines.append(f"| cosine to torch, {stat} | " + " | ".join(cells) + " |")
@@ -592,12 +605,13 @@ def run_model(model: str, recipes: list[str], quick: bool) -> dict:
     for v in variants:
         log(f"[{model}] {v.label} ...")
         t = time.time()
-        metrics, embedded = evaluate(model, v, tasks)
+        metrics, embedded, per_query = evaluate(model, v, tasks)
         v.close()  # free the session / torch model before the next one loads
         entry: dict = {"metrics": metrics, "seconds": round(time.time() - t, 1), **v.info}
         if v.label == "torch":
-            reference, torch_metrics = embedded, metrics
+            reference, torch_metrics, torch_per_query = embedded, metrics, per_query
         else:
+            entry["paired_se"] = paired_se(per_query, torch_per_query)
             entry["cosine"] = cosine_stats(reference, embedded, texts)
             entry["goals"] = goal_checks("fp32" if v.label == "fp32" else "int8", metrics, torch_metrics,
                                          entry["cosine"], tasks)

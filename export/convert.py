@@ -131,19 +131,25 @@ def quantize(fp32: Path, out: Path, recipe: dict = QUANTIZATION,
         quantizer.process()
         model = quantizer.model.model
     dynamic = recipe["dynamic"]
-    with tempfile.TemporaryDirectory() as tmp:
-        staged = Path(tmp) / "blockwise.onnx"
-        onnx.save(model, str(staged))
-        quantize_dynamic(
-            str(staged),
-            str(out),
-            weight_type=QuantType[dynamic["weight_type"]],
-            per_channel=dynamic["per_channel"],
-            reduce_range=dynamic["reduce_range"],
-            op_types_to_quantize=dynamic["op_types"],
-            # fused com.microsoft ops defeat ONNX shape inference; their outputs are float
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)  # the nbits quantizer set INFO; quantize_dynamic then logs every tensor
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            staged = Path(tmp) / "blockwise.onnx"
+            onnx.save(model, str(staged))
+            quantize_dynamic(
+                str(staged),
+                str(out),
+                weight_type=QuantType[dynamic["weight_type"]],
+                per_channel=dynamic["per_channel"],
+                reduce_range=dynamic["reduce_range"],
+                op_types_to_quantize=dynamic["op_types"],
+                # fused com.microsoft ops defeat ONNX shape inference; their outputs are float
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
+    finally:
+        root.setLevel(level)
 
 
 def graph_op_counts(path: Path) -> dict[str, int]:
