@@ -57,19 +57,18 @@ def channel_maxima(model: onnx.ModelProto, tensors: list[str], feeds: list[dict[
     return maxima
 
 
-def _value_projection(graph: onnx.GraphProto, tensor: str) -> tuple[str, str | None] | None:
+def _value_projection(graph: onnx.GraphProto, producer: dict[str, onnx.NodeProto], constants: set[str],
+                      tensor: str) -> tuple[str, str | None] | None:
     """(V weight, qkv bias or None) when `tensor` is a MultiHeadAttention output whose V comes
     straight from a constant-weight MatMul read by nothing else; None otherwise."""
-    producer = {o: n for n in graph.node for o in n.output}
-    init = {i.name for i in graph.initializer}
     mha = producer.get(tensor)
     if mha is None or mha.op_type != "MultiHeadAttention" or mha.output[0] != tensor or len(mha.input) < 3:
         return None
     v = producer.get(mha.input[2])
     readers = [n for n in graph.node if mha.input[2] in n.input]
-    if v is None or v.op_type != "MatMul" or v.input[1] not in init or len(readers) != 1:
+    if v is None or v.op_type != "MatMul" or v.input[1] not in constants or len(readers) != 1:
         return None
-    bias = mha.input[3] if len(mha.input) > 3 and mha.input[3] in init else None
+    bias = mha.input[3] if len(mha.input) > 3 and mha.input[3] in constants else None
     return v.input[1], bias
 
 
@@ -83,6 +82,7 @@ def smooth(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], alpha: fl
         return model
     maxima = channel_maxima(model, list(readers), feeds)
     init = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
 
     def rescale(name: str, f) -> None:
         init[name].CopyFrom(numpy_helper.from_array(f(numpy_helper.to_array(init[name])).astype(np.float32), name))
@@ -95,7 +95,7 @@ def smooth(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], alpha: fl
         s = np.clip(s, 1e-4, 1e4).astype(np.float32)
         for n in nodes:
             rescale(n.input[1], lambda w: w * s[:, None])
-        value = _value_projection(graph, tensor)
+        value = _value_projection(graph, producer, set(init), tensor)
         if value is not None:
             weight, bias = value
             rescale(weight, lambda w: w / s[None, :])
@@ -108,11 +108,10 @@ def smooth(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], alpha: fl
                                                  name=f"{tensor}_smooth")
         for n in nodes:
             n.input[0] = f"{tensor}_smoothed"
+    pending = {mul.output[0]: mul for mul in inserted.values()}
     ordered = []
     for node in graph.node:  # each Mul right before the first node that reads it
-        for i in node.input:
-            if i.endswith("_smoothed") and i[: -len("_smoothed")] in inserted:
-                ordered.append(inserted.pop(i[: -len("_smoothed")]))
+        ordered += [pending.pop(i) for i in node.input if i in pending]
         ordered.append(node)
     del graph.node[:]
     graph.node.extend(ordered)
