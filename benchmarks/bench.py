@@ -292,8 +292,8 @@ def model_file_mb(system: str, m: dict) -> dict[str, float]:
         files = [os.path.join(d, f) for f in sorted(os.listdir(d))]
     else:
         onnx = "model.onnx" if system == "e5onnx-fp32" else "model_int8.onnx"
-        names = [onnx, "tokenizer.json"] + (["manifest.json"] if system.startswith("e5onnx") else [])
-        files = [os.path.join(m["export"], f) for f in names]
+        names = [onnx, onnx + ".data", "tokenizer.json"] + (["manifest.json"] if system.startswith("e5onnx") else [])
+        files = [os.path.join(m["export"], f) for f in names if os.path.exists(os.path.join(m["export"], f))]
     return {os.path.basename(f): os.path.getsize(os.path.realpath(f)) / 1e6 for f in files}
 
 
@@ -394,8 +394,10 @@ def model_files(name: str) -> dict:
     manifest = json.loads((exp / "manifest.json").read_text())
     stage = work_dir() / "fastembed" / exp.name  # fastembed wants tokenizer_config.json etc. beside the model
     stage.mkdir(parents=True, exist_ok=True)
-    for f in ("model_int8.onnx", "tokenizer.json"):
+    for f in ("model_int8.onnx", "model_int8.onnx.data", "tokenizer.json"):  # .data: the graph's weights
         link = stage / f
+        if not (exp / f).exists():
+            continue
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(exp / f)

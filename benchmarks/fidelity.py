@@ -197,8 +197,9 @@ def onnx_variant(label: str, model_dir: Path, variant: str, info: dict | None = 
     manifest = json.loads((model_dir / "manifest.json").read_text())
     onnx_file = manifest["variants"][variant]
     sha = manifest["files"][onnx_file]["sha256"]
+    weights = manifest["files"].get(onnx_file + ".data", {}).get("sha256", "")  # the graph's weights, if apart
     return Variant(
-        label, f"onnx-{sha[:16]}-{runtime_fingerprint()}",
+        label, f"onnx-{sha[:16]}{weights[:8]}-{runtime_fingerprint()}",
         lambda: Embedder(model_dir, variant=variant).encode,
         model_dir=model_dir, variant=variant,
         info={"file": str(model_dir / onnx_file), "bytes": manifest["files"][onnx_file]["bytes"], "sha256": sha,
@@ -471,7 +472,8 @@ def recipe_variant(model: str, export: Path, name: str) -> Variant:
     if recipe.get("method") == "export":
         builder += [json.dumps(export_recipe(recipe)), inspect.getsource(convert.quantize)]
         builder += [inspect.getsource(smooth), inspect.getsource(export_calibration), *export_texts()]
-    key = short_hash(json.dumps(recipe, sort_keys=True), manifest["files"]["model.onnx"]["sha256"],
+    weights = manifest["files"].get("model.onnx.data", {}).get("sha256", "")  # the graph's weights, if apart
+    key = short_hash(json.dumps(recipe, sort_keys=True), manifest["files"]["model.onnx"]["sha256"], weights,
                      version("onnxruntime"), calib, *builder)
     out = cache_dir() / "recipes" / f"{model}-{name}-{key}"
     if not (out / "manifest.json").is_file():

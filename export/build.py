@@ -147,6 +147,8 @@ def _export_into(staging, source_dir, source, name, query_prefix, passage_prefix
     graph_inputs = [i.name for i in onnx.load(str(staging / "model.onnx"), load_external_data=False).graph.input]
     calibration = smooth.calibration_feeds(tokenizer, calibration_texts(query_prefix, passage_prefix), graph_inputs)
     convert.quantize(staging / "model.onnx", staging / "model_int8.onnx", calibration=calibration)
+    for graph in ("model.onnx", "model_int8.onnx"):
+        convert.save_weights_apart(staging / graph)
 
     log(f"torch reference on {len(texts)} probe texts ...")
     reference = parity.torch_embeddings(model, hf_tokenizer, texts, max_length)

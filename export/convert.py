@@ -12,6 +12,8 @@ from onnxruntime.transformers.fusion_options import FusionOptions
 from onnxruntime.transformers.optimizer import optimize_model
 from optimum.exporters.onnx import onnx_export_from_model
 
+from e5_onnx.manifest import data_file
+
 from . import smooth as smoothquant
 
 OPSET = 18
@@ -150,6 +152,21 @@ def quantize(fp32: Path, out: Path, recipe: dict = QUANTIZATION,
             )
     finally:
         root.setLevel(level)
+
+
+def save_weights_apart(graph: Path) -> None:
+    """Re-save `graph` with its weights in `<graph>.data` beside it (ONNX external data).
+
+    onnxruntime memory-maps that file instead of copying every weight out of the parsed
+    protobuf: peak RSS of loading the e5-small INT8 session 118 -> 87 MB (README "Performance").
+    """
+    data = graph.with_name(data_file(graph.name))
+    model = onnx.load(str(graph))
+    data.unlink(missing_ok=True)  # onnx appends to an existing data file
+    onnx.save_model(model, str(graph), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)
+    if data.exists():
+        data.chmod(0o644)  # onnx creates it 0600: unreadable to a service running as another user
 
 
 def graph_op_counts(path: Path) -> dict[str, int]:

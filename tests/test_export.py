@@ -1,6 +1,7 @@
 """The exporter end to end on tiny models: CLI, offline guarantee, manifest, parity gate, hub wiring."""
 import json
 import os
+import stat
 import subprocess
 import sys
 import tempfile
@@ -71,6 +72,10 @@ def test_cli_export_of_a_local_directory_never_touches_the_network(tiny_sources,
     assert attempts == "", f"network was attempted:\n{attempts}"
     names = {p.name for p in out.iterdir()}
     assert {"model.onnx", "model_int8.onnx", "tokenizer.json", "manifest.json", "reference.npz"} <= names
+    for graph in ("model.onnx", "model_int8.onnx"):  # weights apart, readable by any user (a service's own)
+        weights = out / f"{graph}.data"
+        assert weights.stat().st_size > 20 * (out / graph).stat().st_size, graph
+        assert stat.S_IMODE(weights.stat().st_mode) & 0o044 == 0o044, graph
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["source"] == {"kind": "local", "path": str(tiny_sources["unigram-bert"].resolve())}

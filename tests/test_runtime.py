@@ -67,6 +67,17 @@ def test_hash_mismatch_is_refused(tiny_exports, tmp_path):
     Embedder(d, variant="fp32")  # the untouched variant still loads
 
 
+def test_tampered_weights_file_is_refused(tiny_exports, tmp_path):
+    d = copy_export(tiny_exports, tmp_path)
+    weights = d / "model_int8.onnx.data"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(HashMismatchError, match="model_int8.onnx.data"):
+        Embedder(d)
+    Embedder(d, variant="fp32")
+
+
 def test_tampered_tokenizer_is_refused(tiny_exports, tmp_path):
     d = copy_export(tiny_exports, tmp_path)
     (d / "tokenizer.json").write_text((d / "tokenizer.json").read_text().replace("query", "qwery"))

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from .lock import UnknownModelError, cache_dir, default_model_name, get_spec
-from .manifest import ModelDirError, load_manifest, verified_path
+from .manifest import ModelDirError, load_manifest, verified_graph, verified_path
 from .pool import mean_pool_normalize
 from .session import EncoderSession
 from .tokenize import TextTokenizer
@@ -92,7 +92,7 @@ class Embedder:
         # first: 116 MB instead of 131 MB for e5-small.
         def load_session() -> EncoderSession:
             return EncoderSession(
-                verified_path(self.model_dir, self.manifest, self.manifest["variants"][variant]),
+                verified_graph(self.model_dir, self.manifest, self.manifest["variants"][variant]),
                 threads=threads,
                 position_offset=self.manifest.get("position_offset", 0),
             )

@@ -2,7 +2,9 @@
 
 Files are hashed by streaming and then loaded by path: handing onnxruntime or tokenizers a
 bytes copy instead would add the whole file to peak memory (measured: 295 MB vs 185 MB peak RSS
-for an 85 MB model; +60 MB for the 17 MB XLM-R tokenizer.json).
+for an 85 MB model; +60 MB for the 17 MB XLM-R tokenizer.json). For the same reason an ONNX
+graph keeps its weights in a `<graph>.data` file beside it (ONNX external data), which
+onnxruntime memory-maps instead of copying out of the parsed graph.
 """
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ import json
 from pathlib import Path
 
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 2  # 2: graphs may keep their weights in "<graph>.data"; format 1 exports still load
+READABLE_FORMATS = (1, 2)
 
 
 class ModelDirError(FileNotFoundError):
@@ -40,9 +43,10 @@ def load_manifest(model_dir: Path) -> dict:
             f"{str(model_dir)!r} has no {MANIFEST}: not a directory written by `python -m export`"
         )
     manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("format") != FORMAT:
+    if manifest.get("format") not in READABLE_FORMATS:
         raise ModelDirError(
-            f"{path} has format {manifest.get('format')!r}; this e5-onnx reads format {FORMAT}: re-export it"
+            f"{path} has format {manifest.get('format')!r}; this e5-onnx reads formats {READABLE_FORMATS}: "
+            "re-export it with this version"
         )
     return manifest
 
@@ -69,4 +73,17 @@ def verified_path(model_dir: Path, manifest: dict, name: str) -> Path:
     """The path of `name`, after checking the file's sha256 against the manifest."""
     path, expected = _entry(model_dir, manifest, name)
     _check(path, expected, sha256_file(path))
+    return path
+
+
+def data_file(graph: str) -> str:
+    """Where the exporter puts a graph's weights (ONNX external data), beside the graph."""
+    return graph + ".data"
+
+
+def verified_graph(model_dir: Path, manifest: dict, name: str) -> Path:
+    """The path of ONNX graph `name`, after checking it and, if the export has one, its weights file."""
+    path = verified_path(model_dir, manifest, name)
+    if data_file(name) in manifest["files"]:
+        verified_path(model_dir, manifest, data_file(name))
     return path
