@@ -202,7 +202,8 @@ def onnx_variant(label: str, model_dir: Path, variant: str, info: dict | None = 
         label, f"onnx-{sha[:16]}{weights[:8]}-{runtime_fingerprint()}",
         lambda: Embedder(model_dir, variant=variant).encode,
         model_dir=model_dir, variant=variant,
-        info={"file": str(model_dir / onnx_file), "bytes": manifest["files"][onnx_file]["bytes"], "sha256": sha,
+        info={"file": str(model_dir / onnx_file), "sha256": sha,
+              "bytes": sum(manifest["files"][f]["bytes"] for f in (onnx_file, onnx_file + ".data") if f in manifest["files"]),
               **(info or {})},
     )
 
