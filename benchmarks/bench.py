@@ -760,10 +760,21 @@ def machine() -> dict:
             "python": platform.python_version(), "versions": versions, "loadavg_start": os.getloadavg()}
 
 
+def write_report(out: str, res: dict, table: str) -> None:
+    """res as JSON at `out`, the table beside it as .md, and the table printed."""
+    import json
+
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(res, f, indent=1)
+    with open(os.path.splitext(out)[0] + ".md", "w") as f:
+        f.write(table + "\n")
+    print(table)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import gc
-    import json
     import shlex
     from datetime import datetime, timezone
 
@@ -835,13 +846,7 @@ def main(argv: list[str] | None = None) -> int:
     res["goals"] = goals(res)
     res["machine"]["loadavg_end"] = os.getloadavg()
     res["wall_s"] = time.time() - started
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(res, f, indent=1)
-    table = markdown(res)
-    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
-        f.write(table + "\n")
-    print(table)
+    write_report(args.out, res, markdown(res))
     print(f"\nwrote {args.out} (and .md) in {res['wall_s']:.0f} s")
     return 0
 

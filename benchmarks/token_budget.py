@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from .assets import export_dir
-from .bench import ROOT_DIR, machine, rotate, text_mix
+from .bench import ROOT_DIR, machine, rotate, text_mix, write_report
 from .data import scifact_passages, stsb
 
 BUDGETS = [256, 512, 1024, 2048, 4096, 8192]
@@ -135,12 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         for variant in args.variants:
             res["runs"][f"{model} {variant}"] = run(model, variant, args.budgets, args.rounds, args.threads, log)
     res["machine"]["loadavg_end"] = os.getloadavg()
-    with open(args.out, "w") as f:
-        json.dump(res, f, indent=1)
-    table = markdown(res)
-    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
-        f.write(table + "\n")
-    print(table)
+    write_report(args.out, res, markdown(res))
     return 0
 
 
