@@ -291,8 +291,10 @@ def model_file_mb(system: str, m: dict) -> dict[str, float]:
         d = m["fastembed_dir"]
         files = [os.path.join(d, f) for f in sorted(os.listdir(d))]
     else:
+        from e5_onnx.manifest import data_file  # here, not at import: cold-start children import this module
+
         onnx = "model.onnx" if system == "e5onnx-fp32" else "model_int8.onnx"
-        names = [onnx, onnx + ".data", "tokenizer.json"] + (["manifest.json"] if system.startswith("e5onnx") else [])
+        names = [onnx, data_file(onnx), "tokenizer.json"] + (["manifest.json"] if system.startswith("e5onnx") else [])
         files = [os.path.join(m["export"], f) for f in names if os.path.exists(os.path.join(m["export"], f))]
     return {os.path.basename(f): os.path.getsize(os.path.realpath(f)) / 1e6 for f in files}
 
@@ -388,13 +390,15 @@ def model_files(name: str) -> dict:
     import json
     import shutil
 
+    from e5_onnx.manifest import data_file
+
     from .assets import export_dir, source_dir, work_dir
 
     src, exp = source_dir(name), export_dir(name)
     manifest = json.loads((exp / "manifest.json").read_text())
     stage = work_dir() / "fastembed" / exp.name  # fastembed wants tokenizer_config.json etc. beside the model
     stage.mkdir(parents=True, exist_ok=True)
-    for f in ("model_int8.onnx", "model_int8.onnx.data", "tokenizer.json"):  # .data: the graph's weights
+    for f in ("model_int8.onnx", data_file("model_int8.onnx"), "tokenizer.json"):
         link = stage / f
         if not (exp / f).exists():
             continue
@@ -662,7 +666,9 @@ def goals(res: dict) -> list[dict]:
             add("rss", model, _get(res, model, "e5onnx-int8", "cold_start", "peak_rss_mb"), rss, False, "MB")
     if "me5" in res.get("models", {}):
         files = _get(res, "me5", "e5onnx-int8", "model_files_mb") or {}
-        graph = [files[f] for f in ("model_int8.onnx", "model_int8.onnx.data") if f in files]
+        from e5_onnx.manifest import data_file
+
+        graph = [files[f] for f in ("model_int8.onnx", data_file("model_int8.onnx")) if f in files]
         add("me5_file", "me5", sum(graph) if graph else None, 60.0, False, "MB")
     return out
 

@@ -44,7 +44,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from e5_onnx import Embedder
-from e5_onnx.manifest import sha256_file
+from e5_onnx.manifest import data_file, sha256_file
 
 from export import calibration, convert, smooth
 
@@ -197,13 +197,13 @@ def onnx_variant(label: str, model_dir: Path, variant: str, info: dict | None = 
     manifest = json.loads((model_dir / "manifest.json").read_text())
     onnx_file = manifest["variants"][variant]
     sha = manifest["files"][onnx_file]["sha256"]
-    weights = manifest["files"].get(onnx_file + ".data", {}).get("sha256", "")  # the graph's weights, if apart
+    weights = manifest["files"].get(data_file(onnx_file), {}).get("sha256", "")  # the graph's weights, if apart
     return Variant(
         label, f"onnx-{sha[:16]}{weights[:8]}-{runtime_fingerprint()}",
         lambda: Embedder(model_dir, variant=variant).encode,
         model_dir=model_dir, variant=variant,
         info={"file": str(model_dir / onnx_file), "sha256": sha,
-              "bytes": sum(manifest["files"][f]["bytes"] for f in (onnx_file, onnx_file + ".data") if f in manifest["files"]),
+              "bytes": sum(manifest["files"][f]["bytes"] for f in (onnx_file, data_file(onnx_file)) if f in manifest["files"]),
               **(info or {})},
     )
 
@@ -473,7 +473,7 @@ def recipe_variant(model: str, export: Path, name: str) -> Variant:
     if recipe.get("method") == "export":
         builder += [json.dumps(export_recipe(recipe)), inspect.getsource(convert.quantize)]
         builder += [inspect.getsource(smooth), inspect.getsource(export_calibration), *export_texts()]
-    weights = manifest["files"].get("model.onnx.data", {}).get("sha256", "")  # the graph's weights, if apart
+    weights = manifest["files"].get(data_file("model.onnx"), {}).get("sha256", "")  # the graph's weights, if apart
     key = short_hash(json.dumps(recipe, sort_keys=True), manifest["files"]["model.onnx"]["sha256"], weights,
                      version("onnxruntime"), calib, *builder)
     out = cache_dir() / "recipes" / f"{model}-{name}-{key}"
