@@ -31,25 +31,39 @@ def available_cores() -> int:
     return max(1, cores)
 
 
+# The export leaves residual Add + LayerNormalization unfused on purpose: onnxruntime's
+# SkipLayerNormalization CPU kernel is slower (3.0 vs 0.67 ms on 32 x 96 x 384, 2 threads),
+# and its load-time optimizer would otherwise fuse them back.
+DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """e5-onnx's onnxruntime settings; benchmarks/session_settings.py measures each against its
+    alternatives (README, "Session settings"): none measured better. Spinning and the CPU arena
+    stay on as onnxruntime has them (spinning off saved 11-28% of the CPU per query and was up
+    to 1.9x slower per query on a quiet machine; the arena off raised peak RSS), and the
+    optimisation level stays full: below the extended level the quantized MatMul chains stay
+    unfused, 413 kernels per call instead of 185."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or available_cores()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Memory patterns are planned and cached per input shape; every (batch, length) here is
+    # new, so they only add work and cached plans (benchmarks/memory_soak.py compares).
+    options.enable_mem_pattern = False
+    return options
+
+
 class EncoderSession:
     """Runs input_ids + attention_mask through the graph; token_type_ids / position_ids
     are supplied only if the graph asks for them."""
 
     def __init__(self, model_path: Path, threads: int | None = None, position_offset: int = 0) -> None:
         self.position_offset = position_offset  # XLM-R layout: positions start at padding_idx + 1
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or available_cores()
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Memory patterns are planned and cached per input shape; every (batch, length) here is
-        # new, so they only add work and cached plans (benchmarks/memory_soak.py compares).
-        options.enable_mem_pattern = False
-        # The export leaves residual Add + LayerNormalization unfused on purpose: onnxruntime's
-        # SkipLayerNormalization CPU kernel is slower (3.0 vs 0.67 ms on 32 x 96 x 384, 2 threads),
-        # and its load-time optimizer would otherwise fuse them back.
-        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"],
-                                            disabled_optimizers=["SkipLayerNormFusion"])
+        self.session = ort.InferenceSession(str(model_path), session_options(threads),
+                                            providers=["CPUExecutionProvider"],
+                                            disabled_optimizers=DISABLED_OPTIMIZERS)
         self.input_names = [i.name for i in self.session.get_inputs()]
         known = {"input_ids", "attention_mask", "token_type_ids", "position_ids"}
         unknown = set(self.input_names) - known
