@@ -479,7 +479,8 @@ def measure_cold(res: dict, m: dict, threads: int, text: str, env: dict, reps: i
     tokenizer.json loaded alone as the part no onnxruntime setting can change."""
     import numpy as np
 
-    systems = ["python", "tokenizer"] + list(res["systems"])
+    floors = {"python": "cold_start_python_baseline", "tokenizer": "cold_start_tokenizer_alone"}
+    systems = list(floors) + list(res["systems"])
     runs: dict[str, list] = {s: [] for s in systems}
     errors: dict[str, str] = {}
     for rep in range(reps):
@@ -492,8 +493,8 @@ def measure_cold(res: dict, m: dict, threads: int, text: str, env: dict, reps: i
     for s in systems:
         med = ({k: float(np.median([r[k] for r in runs[s]])) for k in runs[s][0]} | {"runs": runs[s]}
                if runs[s] else {"error": errors.get(s)})
-        if s in ("python", "tokenizer"):
-            res["cold_start_python_baseline" if s == "python" else "cold_start_tokenizer_alone"] = med
+        if s in floors:
+            res[floors[s]] = med
         else:
             res["systems"][s]["cold_start"] = med
 
@@ -635,7 +636,7 @@ def bench_model(name: str, p: dict, threads: int, env: dict, log: Callable) -> d
         from .profile import limits, profile_model
 
         res["profile"] = profile_model(m["export"], texts, threads, cfg)
-        res["profile"]["limits"] = limits(res["profile"], _get({"models": {name: res}}, name, None, "roofline", "int8_gops"))
+        res["profile"]["limits"] = limits(res["profile"], res.get("roofline", {}).get("int8_gops"))
     except Exception as e:
         res["profile"] = {"error": _err(e)}
     return res

@@ -104,15 +104,17 @@ def limits(p: dict, roofline_gops: float | None = None) -> dict[str, str]:
     """One line per goal family, from a profile_model() result (and the run's roofline, if any)."""
     b, q, f = p["batch32_mix"], p["single_query"], p["int8_file"]
     top = ", ".join(f"{op} {pct:.0f}%" for op, pct in list(b["by_op_pct"].items())[:4])
-    roof = f" = {100 * b['matmul_gops'] / roofline_gops:.0f}% of the roofline" if roofline_gops else ""
     big = f["largest"][0]
+
+    def rate(gops: float) -> str:
+        return f"{gops:.0f} GOPS" + (f" = {100 * gops / roofline_gops:.0f}% of the roofline" if roofline_gops else "")
     return {
         "throughput": f"kernel time at b=32: {top}; the matmul ops ({b['matmul_pct']:.0f}% of the time) run at "
-                      f"{b['matmul_gops']:.0f} GOPS{roof}, the fp32 attention ({b['attention_pct']:.0f}%) at "
+                      f"{rate(b['matmul_gops'])}, the fp32 attention ({b['attention_pct']:.0f}%) at "
                       f"{b['attention_gflops']:.0f} GFLOPS",
         "latency": f"{q['kernels_per_call']:.0f} kernels per query, {1e3 * q['kernel_ms'] / q['session_calls'] / q['kernels_per_call']:.0f} us "
                    f"each on average under the profiler; the matmul ops ({q['matmul_pct']:.0f}% of the time) run at "
-                   f"{q['matmul_gops']:.0f} GOPS{(' = ' + format(100 * q['matmul_gops'] / roofline_gops, '.0f') + '% of the roofline') if roofline_gops else ''}",
+                   f"{rate(q['matmul_gops'])}",
         "file": f"largest tensor {big['name']} {'x'.join(map(str, big['shape']))} {big['dtype']} {big['mb']:.1f} MB "
                 f"of {f['total_mb']:.1f} MB",
     }

@@ -27,7 +27,7 @@ import numpy as np
 
 from .bench import ROOT_DIR, machine, rotate, text_mix, write_report
 
-# name -> (what changes, as a statement for the report)
+# name -> what it changes from e5-onnx's settings (for the report)
 CONFIGS = {
     "e5-onnx": "the runtime's settings (session.session_options)",
     "e5-onnx-again": "the same settings again: a control, its spread is the run's noise",
