@@ -193,13 +193,17 @@ def runtime_fingerprint() -> str:
     return short_hash(*((ROOT / "src" / "e5_onnx" / f).read_bytes() for f in files), version("onnxruntime"))
 
 
+def weights_sha256(manifest: dict, graph: str) -> str:
+    """sha256 of the graph's weights file, or "" if the export keeps its weights inside the graph."""
+    return manifest["files"].get(data_file(graph), {}).get("sha256", "")
+
+
 def onnx_variant(label: str, model_dir: Path, variant: str, info: dict | None = None) -> Variant:
     manifest = json.loads((model_dir / "manifest.json").read_text())
     onnx_file = manifest["variants"][variant]
     sha = manifest["files"][onnx_file]["sha256"]
-    weights = manifest["files"].get(data_file(onnx_file), {}).get("sha256", "")  # the graph's weights, if apart
     return Variant(
-        label, f"onnx-{sha[:16]}{weights[:8]}-{runtime_fingerprint()}",
+        label, f"onnx-{sha[:16]}{weights_sha256(manifest, onnx_file)[:8]}-{runtime_fingerprint()}",
         lambda: Embedder(model_dir, variant=variant).encode,
         model_dir=model_dir, variant=variant,
         info={"file": str(model_dir / onnx_file), "sha256": sha,
@@ -473,8 +477,8 @@ def recipe_variant(model: str, export: Path, name: str) -> Variant:
     if recipe.get("method") == "export":
         builder += [json.dumps(export_recipe(recipe)), inspect.getsource(convert.quantize)]
         builder += [inspect.getsource(smooth), inspect.getsource(export_calibration), *export_texts()]
-    weights = manifest["files"].get(data_file("model.onnx"), {}).get("sha256", "")  # the graph's weights, if apart
-    key = short_hash(json.dumps(recipe, sort_keys=True), manifest["files"]["model.onnx"]["sha256"], weights,
+    key = short_hash(json.dumps(recipe, sort_keys=True), manifest["files"]["model.onnx"]["sha256"],
+                     weights_sha256(manifest, "model.onnx"),
                      version("onnxruntime"), calib, *builder)
     out = cache_dir() / "recipes" / f"{model}-{name}-{key}"
     if not (out / "manifest.json").is_file():
