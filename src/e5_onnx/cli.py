@@ -1,78 +1,65 @@
-"""`e5-onnx embed`: texts from a file (one per line, or JSONL) to .npy or JSONL embeddings.
+"""`e5-onnx COMMAND ...`: one subcommand per job, each in a module of its own, imported only when run.
 
-Every flag can also be set by an environment variable (E5_ONNX_MODEL, E5_ONNX_VARIANT,
-E5_ONNX_THREADS, E5_ONNX_PREFIX), which suits containers and Lambda configuration.
+Running `e5-onnx embed` therefore never imports the exporter (torch), the server (starlette) or
+Ray. Every subcommand's flags also read environment variables (E5_ONNX_*), which suits containers
+and Lambda configuration. Errors a user can fix (a missing file, an unknown model, a tampered
+export, bad input) are one line on stderr and exit code 1, never a traceback.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
+import importlib
 import sys
-from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
-from .embedder import VARIANTS, Embedder
-
-
-def read_texts(path: str, fmt: str) -> list[str]:
-    """One text per line (`lines`), or JSONL where each line is a string or {"text": ...}."""
-    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")
-    with stream:
-        lines = stream.read().splitlines()
-    if fmt == "auto":
-        fmt = "jsonl" if path.endswith((".jsonl", ".ndjson")) else "lines"
-    if fmt == "lines":
-        return lines
-    texts = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        item = json.loads(line)
-        if isinstance(item, dict):
-            item = item.get("text")
-        if not isinstance(item, str):
-            raise SystemExit(f"{path}:{number}: expected a JSON string or an object with a string \"text\"")
-        texts.append(item)
-    return texts
+# name -> (module with `main(argv) -> int`, one-line help). Modules are imported lazily.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "embed": ("e5_onnx.jobs", "embed texts from a file into .npy or JSONL"),
+    "export": ("e5_onnx.export.__main__", "export a model to ONNX fp32 + INT8 (needs the [export] extra: torch)"),
+}
 
 
-def write_embeddings(path: str, vectors: np.ndarray) -> None:
-    if path.endswith(".npy"):
-        np.save(path, vectors)
-        return
-    stream = sys.stdout if path == "-" else open(path, "w", encoding="utf-8")
-    with stream:
-        for i, row in enumerate(vectors):
-            stream.write(json.dumps({"index": i, "embedding": row.tolist()}) + "\n")
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "usage: e5-onnx COMMAND [ARGS ...]   (e5-onnx COMMAND --help for its flags)\n\ncommands:\n" + "\n".join(lines)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean 'your input or your files are wrong', reported without a traceback."""
+    from .lock import UnknownModelError
+    from .manifest import HashMismatchError, ModelDirError
+
+    return (ModelDirError, UnknownModelError, HashMismatchError, OSError, ValueError, TypeError)
+
+
+def one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    env = os.environ.get
-    parser = argparse.ArgumentParser(prog="e5-onnx", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    embed = sub.add_parser("embed", help="embed texts from a file")
-    embed.add_argument("input", help="text file (one text per line), .jsonl, or - for stdin")
-    embed.add_argument("-o", "--output", required=True, help="output .npy, or .jsonl / - for JSON lines")
-    embed.add_argument("-m", "--model", default=env("E5_ONNX_MODEL"),
-                       help="export directory or models.lock name (default: the lock's default model)")
-    embed.add_argument("--variant", choices=VARIANTS, default=env("E5_ONNX_VARIANT", "int8"))
-    embed.add_argument("--prefix", choices=("none", "query", "passage"), default=env("E5_ONNX_PREFIX", "none"),
-                       help="add the model's query/passage prefix to every text (default: texts as given)")
-    embed.add_argument("--format", choices=("auto", "lines", "jsonl"), default="auto", help="input format")
-    embed.add_argument("--threads", type=int, default=int(env("E5_ONNX_THREADS", "0")) or None)
-    args = parser.parse_args(argv)
-
-    texts = read_texts(args.input, args.format)
-    model = Embedder(args.model, variant=args.variant, threads=args.threads)
-    encode = {"none": model.encode, "query": model.encode_queries, "passage": model.encode_passages}[args.prefix]
-    vectors = encode(texts)
-    write_embeddings(args.output, vectors)
-    if args.output != "-":
-        print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} embeddings to {Path(args.output)}", file=sys.stderr)
-    return 0
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage(), file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"e5-onnx: unknown command {name!r}\n{usage()}", file=sys.stderr)
+        return 2
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+    except ModuleNotFoundError as missing:
+        extra = {"export": "export", "serve": "serve"}.get(name, "")
+        hint = f'pip install "e5-onnx[{extra}]"' if extra else "reinstall e5-onnx"
+        print(f"e5-onnx {name}: needs {missing.name!r}, which is not installed: {hint}", file=sys.stderr)
+        return 1
+    try:
+        return module.main(rest)
+    except KeyboardInterrupt:
+        print(f"e5-onnx {name}: interrupted", file=sys.stderr)
+        return 130
+    except user_errors() as error:
+        print(f"e5-onnx {name}: error: {one_line(error)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
