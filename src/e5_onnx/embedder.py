@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+import re
+from itertools import islice
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -12,6 +14,7 @@ from .manifest import ModelDirError, load_manifest, verified_graph, verified_pat
 from .pool import mean_pool_normalize
 from .session import EncoderSession
 from .tokenize import TextTokenizer
+from .windows import TokenCounts, check_mode, combine, counts, sequences
 
 VARIANTS = ("int8", "fp32")
 
@@ -70,6 +73,7 @@ class Embedder:
         threads: int | None = None,
         batch_size: int = 32,
         max_batch_tokens: int = 512,
+        long_text: str = "truncate",
     ) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
@@ -84,6 +88,9 @@ class Embedder:
         self.passage_prefix: str = self.manifest["passage_prefix"]
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
+        # Texts past max_length: "truncate" keeps the first max_length tokens; "window" embeds
+        # every window of the text (windows.py) and returns their normalised mean.
+        self.long_text = check_mode(long_text)
 
         # Tokenizer first, then the session: with the weights memory-mapped from model*.onnx.data
         # the session's load transient is small, and this order peaks lowest (fresh process, load
@@ -98,14 +105,51 @@ class Embedder:
             position_offset=self.manifest.get("position_offset", 0),
         )
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
+    def encode(self, texts: Sequence[str], *, long_text: str | None = None) -> np.ndarray:
         """Embed texts exactly as given -> (len(texts), dim) float32, rows of norm 1, input order."""
+        return self.encode_counted(texts, long_text=long_text)[0]
+
+    def encode_counted(self, texts: Sequence[str], *, long_text: str | None = None) -> tuple[np.ndarray, TokenCounts]:
+        """`encode`, plus the token counts of the same tokenisation (what `e5-onnx embed` reports)."""
         texts = _check_texts(texts)
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for batch in self.tokenizer.batches(texts, self.batch_size, self.max_batch_tokens):
+        mode = self.long_text if long_text is None else check_mode(long_text)
+        encodings = self.tokenizer.encode(texts)
+        seqs, owner = sequences(encodings, mode)
+        out = np.empty((len(seqs), self.dim), dtype=np.float32)
+        for batch in self.tokenizer.batch_encodings(seqs, self.batch_size, self.max_batch_tokens):
             hidden = self.session.run(batch.input_ids, batch.attention_mask)
             out[batch.order] = mean_pool_normalize(hidden, batch.attention_mask)
-        return out
+        return combine(out, owner, len(texts)), counts(encodings, mode)
+
+    def embed_stream(
+        self, texts: Iterable[str], chunk_size: int = 1024, *, long_text: str | None = None
+    ) -> Iterator[np.ndarray]:
+        """Embed an iterable of any length, `chunk_size` texts at a time: yields one
+        (rows, dim) array per chunk, in input order; memory is bounded by the chunk, not the corpus.
+
+        Chunk k always holds texts [k * chunk_size, (k + 1) * chunk_size) and is batched exactly
+        as `encode` batches it, so a job that resumes at a chunk boundary reproduces the vectors
+        of an uninterrupted run (INT8 activation scales are per batch).
+        """
+        if isinstance(texts, (str, bytes, dict, set, frozenset)):
+            raise TypeError(f"texts must be an ordered iterable of str, not a {type(texts).__name__}")
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        items, start = iter(texts), 0
+        while chunk := list(islice(items, chunk_size)):
+            try:
+                chunk = _check_texts(chunk)
+            except (TypeError, ValueError) as error:  # name the item by its index in the whole stream
+                at_stream = re.sub(r"texts\[(\d+)\]", lambda m: f"texts[{start + int(m.group(1))}]", str(error))
+                raise type(error)(at_stream) from None
+            yield self.encode(chunk, long_text=long_text)
+            start += len(chunk)
+
+    def count_tokens(self, texts: Sequence[str], *, long_text: str | None = None) -> TokenCounts:
+        """Tokens per text as the model would see them (after truncation, or summed over the
+        windows), and which texts are over the model's limit."""
+        mode = self.long_text if long_text is None else check_mode(long_text)
+        return counts(self.tokenizer.encode(_check_texts(texts)), mode)
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Embed search queries (or both sides of a symmetric task): adds the `query: ` prefix."""

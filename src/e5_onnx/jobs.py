@@ -1,73 +1,176 @@
-"""`e5-onnx embed`: texts from a file (one per line, or JSONL) to .npy or JSONL embeddings.
+"""`e5-onnx embed`: a corpus file in (lines, JSONL or Parquet), embeddings out (.npy, JSONL or
+Parquet), streamed chunk by chunk and resumable: run the same command again after a kill and it
+finishes the job. `--ray [ADDRESS]` runs it Parquet to Parquet on a Ray cluster instead.
 
 Every flag can also be set by an environment variable (E5_ONNX_MODEL, E5_ONNX_VARIANT,
-E5_ONNX_THREADS, E5_ONNX_PREFIX).
+E5_ONNX_THREADS, E5_ONNX_PREFIX, E5_ONNX_CHUNK_SIZE, E5_ONNX_LONG_TEXT).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
+import tempfile
+from itertools import islice
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
-import numpy as np
-
+from .checkpoint import Checkpoint, fsync_dir, records_digest
+from .corpus_io import (INPUT_FORMATS, MissingExtraError, Record, input_format, open_reader, output_format,
+                        write_jsonl, write_npy, write_parquet)
 from .embedder import VARIANTS, Embedder
+from .progress import Progress
+from .windows import LONG_TEXT
 
 
-def read_texts(path: str, fmt: str) -> list[str]:
-    """One text per line (`lines`), or JSONL where each line is a string or {"text": ...}."""
-    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")
-    with stream:
-        lines = stream.read().splitlines()
-    if fmt == "auto":
-        fmt = "jsonl" if path.endswith((".jsonl", ".ndjson")) else "lines"
-    if fmt == "lines":
-        return lines
-    texts = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        item = json.loads(line)
-        if isinstance(item, dict):
-            item = item.get("text")
-        if not isinstance(item, str):
-            raise SystemExit(f"{path}:{number}: expected a JSON string or an object with a string \"text\"")
-        texts.append(item)
-    return texts
-
-
-def write_embeddings(path: str, vectors: np.ndarray) -> None:
-    if path.endswith(".npy"):
-        np.save(path, vectors)
-        return
-    stream = sys.stdout if path == "-" else open(path, "w", encoding="utf-8")
-    with stream:
-        for i, row in enumerate(vectors):
-            stream.write(json.dumps({"index": i, "embedding": row.tolist()}) + "\n")
+def parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="e5-onnx embed", description=__doc__.split("\n\n")[0])
+    p.add_argument("input", help="text file (one text per line), .jsonl, .parquet, or - for stdin")
+    p.add_argument("-o", "--output", required=True,
+                   help="output .npy, .jsonl, .parquet, or - for JSON lines on stdout (not resumable); "
+                        "with --ray, a directory of Parquet files")
+    p.add_argument("-m", "--model", default=env("E5_ONNX_MODEL"),
+                   help="export directory or model name (default: the lock's default model)")
+    p.add_argument("--variant", choices=VARIANTS, default=env("E5_ONNX_VARIANT", "int8"))
+    p.add_argument("--prefix", choices=("none", "query", "passage"), default=env("E5_ONNX_PREFIX", "none"),
+                   help="add the model's query/passage prefix to every text (default: texts as given)")
+    p.add_argument("--format", choices=INPUT_FORMATS, default="auto", help="input format (default: from the extension)")
+    p.add_argument("--text-column", default="text", help="JSONL field / Parquet column holding the text (default: text)")
+    p.add_argument("--id-column", default=None,
+                   help="JSONL field / Parquet column holding an id kept beside each vector (default: id, if present)")
+    p.add_argument("--long-text", choices=LONG_TEXT, default=env("E5_ONNX_LONG_TEXT", "truncate"),
+                   help="texts past the model's limit: keep the first window (default) or average every window")
+    p.add_argument("--chunk-size", type=int, default=int(env("E5_ONNX_CHUNK_SIZE", "1024")),
+                   help="texts per checkpointed chunk: memory and the work a kill can lose (default 1024)")
+    p.add_argument("--threads", type=int, default=int(env("E5_ONNX_THREADS", "0")) or None)
+    p.add_argument("--progress", action="store_true", help="report progress on stderr even when it is not a terminal")
+    p.add_argument("--restart", action="store_true", help="discard a checkpoint left by an earlier run")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on a Ray cluster (ADDRESS, or RAY_ADDRESS, or a local one): Parquet in, Parquet directory out")
+    p.add_argument("--actors", type=int, default=None, help="with --ray: actors (default: cluster CPUs / --cpus-per-actor)")
+    p.add_argument("--cpus-per-actor", type=int, default=1, help="with --ray: CPUs (= onnxruntime threads) per actor")
+    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    env = os.environ.get
-    embed = argparse.ArgumentParser(prog="e5-onnx embed", description=__doc__.split("\n\n")[0])
-    embed.add_argument("input", help="text file (one text per line), .jsonl, or - for stdin")
-    embed.add_argument("-o", "--output", required=True, help="output .npy, or .jsonl / - for JSON lines")
-    embed.add_argument("-m", "--model", default=env("E5_ONNX_MODEL"),
-                       help="export directory or models.lock name (default: the lock's default model)")
-    embed.add_argument("--variant", choices=VARIANTS, default=env("E5_ONNX_VARIANT", "int8"))
-    embed.add_argument("--prefix", choices=("none", "query", "passage"), default=env("E5_ONNX_PREFIX", "none"),
-                       help="add the model's query/passage prefix to every text (default: texts as given)")
-    embed.add_argument("--format", choices=("auto", "lines", "jsonl"), default="auto", help="input format")
-    embed.add_argument("--threads", type=int, default=int(env("E5_ONNX_THREADS", "0")) or None)
-    args = embed.parse_args(argv)
+    args = parser().parse_args(argv)
+    if args.chunk_size < 1:
+        raise ValueError(f"--chunk-size must be 1 or more, not {args.chunk_size}")
+    try:
+        if args.ray is not None:
+            from .ray import run_job
 
-    texts = read_texts(args.input, args.format)
-    model = Embedder(args.model, variant=args.variant, threads=args.threads)
-    encode = {"none": model.encode, "query": model.encode_queries, "passage": model.encode_passages}[args.prefix]
-    vectors = encode(texts)
-    write_embeddings(args.output, vectors)
-    if args.output != "-":
-        print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} embeddings to {Path(args.output)}", file=sys.stderr)
+            return run_job(args)
+        return run(args)
+    except MissingExtraError as missing:
+        print(f"e5-onnx embed: {missing}", file=sys.stderr)
+        return 1
+
+
+def check_output(path: Path) -> None:
+    """Fail before any work if the output cannot be written (a probe file is created and removed)."""
+    if path.is_dir():
+        raise ValueError(f"output {path} is a directory; give a file name ending in .npy, .jsonl or .parquet")
+    if not path.parent.is_dir():
+        raise OSError(f"cannot write output {path}: directory {path.parent} does not exist")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".e5-onnx-probe-", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise OSError(f"cannot write output {path}: {error.strerror or error}") from None
+
+
+def chunked(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
+    items = iter(records)
+    while chunk := list(islice(items, size)):
+        yield chunk
+
+
+def run(args: argparse.Namespace) -> int:
+    fmt = output_format(args.output)
+    to_stdout = args.output == "-"
+    output = Path(args.output)
+    if not to_stdout:
+        check_output(output)
+    reader = open_reader(args.input, args.format, args.text_column, args.id_column)
+    model = Embedder(args.model, variant=args.variant, threads=args.threads, long_text=args.long_text)
+    prefix = {"none": "", "query": model.query_prefix, "passage": model.passage_prefix}[args.prefix]
+    progress = Progress(args.progress or sys.stderr.isatty(), reader.fraction_done,
+                        "truncated" if args.long_text == "truncate" else "split into windows")
+    checkpoint = None if to_stdout else Checkpoint(output, job_settings(args, model, prefix), args.restart)
+
+    def embedded() -> Iterator[tuple]:
+        """(vectors, ids) of every chunk this run embeds; finished chunks are checked and skipped."""
+        row = chunks_read = 0
+        for k, records in enumerate(chunked(reader, args.chunk_size)):
+            digest = records_digest(records)
+            if checkpoint is not None and k < checkpoint.done:
+                meta = checkpoint.check_input(k, row, digest)
+                progress.skip(meta["rows"], meta["over_limit"])
+            else:
+                vectors, counts = model.encode_counted([prefix + text for _, text in records])
+                ids = [id_ for id_, _ in records]
+                if checkpoint is not None:
+                    checkpoint.save(k, vectors, {"rows": len(records), "input_sha256": digest, "ids": ids,
+                                                 "tokens": int(counts.tokens.sum()),
+                                                 "over_limit": int(counts.over_limit.sum())})
+                progress.update(len(records), int(counts.tokens.sum()), int(counts.over_limit.sum()))
+                yield vectors, ids
+            row += len(records)
+            chunks_read = k + 1
+        if checkpoint is not None:
+            checkpoint.check_complete(chunks_read)
+
+    if checkpoint is None:
+        write_jsonl(sys.stdout, embedded(), has_ids=reader.has_ids)
+        sys.stdout.flush()
+        progress.summary("stdout", progress.texts, model.dim, model.max_length)
+        return 0
+    try:
+        for _ in embedded():
+            pass
+    except BaseException:
+        if checkpoint.done == 0:  # nothing worth resuming: leave no empty job directory behind
+            checkpoint.remove()
+        raise  # finished chunks stay: fix the input past them and the same command resumes
+    rows = write_output(checkpoint, output, fmt, model.dim)
+    progress.summary(str(output), rows, model.dim, model.max_length)
     return 0
+
+
+def job_settings(args: argparse.Namespace, model: Embedder, prefix: str) -> dict:
+    """What the output depends on besides the input, which the checkpoint checks chunk by chunk."""
+    files = json.dumps(model.manifest["files"], sort_keys=True).encode()
+    return {"model_sha256": hashlib.sha256(files).hexdigest(), "variant": model.variant, "prefix": prefix,
+            "long_text": model.long_text, "chunk_size": args.chunk_size, "batch_size": model.batch_size,
+            "max_batch_tokens": model.max_batch_tokens, "input_format": input_format(args.input, args.format),
+            "text_column": args.text_column, "id_column": args.id_column, "dim": model.dim}
+
+
+def write_output(checkpoint: Checkpoint, output: Path, fmt: str, dim: int) -> int:
+    """Every chunk from the checkpoint into the output, via a temporary file renamed at the end:
+    the output appears complete or not at all. Returns the number of rows."""
+    metas = [checkpoint.meta(k) for k in range(checkpoint.done)]
+    rows = sum(m["rows"] for m in metas)
+    has_ids = any(i is not None for m in metas for i in m["ids"])
+    tmp = output.with_name(output.name + ".tmp")
+    if fmt == "parquet":
+        write_parquet(tmp, checkpoint.chunks(), has_ids, dim)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+    else:
+        with open(tmp, "wb" if fmt == "npy" else "w", encoding=None if fmt == "npy" else "utf-8") as f:
+            if fmt == "npy":
+                write_npy(f, checkpoint.chunks(), rows, dim)
+            else:
+                write_jsonl(f, checkpoint.chunks(), has_ids)
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, output)
+    fsync_dir(output.parent)
+    checkpoint.remove()
+    return rows

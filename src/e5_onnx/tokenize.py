@@ -14,6 +14,11 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 
+def window_overlap(max_length: int) -> int:
+    """Tokens shared by consecutive windows of a long text: a quarter of the limit (128 of 512)."""
+    return max_length // 4
+
+
 @dataclass(frozen=True)
 class Batch:
     """A padded batch and where its rows belong in the caller's input order."""
@@ -26,7 +31,9 @@ class Batch:
 class TextTokenizer:
     def __init__(self, tokenizer: Tokenizer, max_length: int, pad_id: int) -> None:
         tokenizer.no_padding()
-        tokenizer.enable_truncation(max_length=max_length)
+        # The stride only shapes `Encoding.overflowing` (the rest of a long text, as overlapping
+        # windows: windows.py); the first max_length tokens, which truncation keeps, are unchanged.
+        tokenizer.enable_truncation(max_length=max_length, stride=window_overlap(max_length))
         self._tok = tokenizer
         self.max_length = max_length
         self.pad_id = pad_id
@@ -53,7 +60,12 @@ class TextTokenizer:
         padded tokens (always at least one text): onnxruntime's attention keeps a
         batch x heads x length x length score tensor, so the token budget is what bounds memory.
         """
-        encodings = self.encode(texts)
+        return self.batch_encodings(self.encode(texts), batch_size, max_batch_tokens)
+
+    def batch_encodings(
+        self, encodings: Sequence[Encoding], batch_size: int, max_batch_tokens: int
+    ) -> Iterator[Batch]:
+        """`batches` for texts already tokenised (or windows of them)."""
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         order = np.argsort(-lengths, kind="stable")
         start = 0
