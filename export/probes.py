@@ -2,32 +2,7 @@
 of tokenisation (empty, one token, exactly the length limit, far beyond it)."""
 from __future__ import annotations
 
-# intfloat/e5-small-v2 model card (English models): queries, then passages, in matching order.
-CARD_EN = {
-    "queries": ["query: how much protein should a female eat", "query: summit define"],
-    "passages": [
-        "passage: As a general guideline, the CDC's average requirement of protein for women ages 19 to 70 "
-        "is 46 grams per day. But, as you can see from this chart, you'll need to increase that if you're "
-        "expecting or training for a marathon. Check out the chart below to see how much protein you should "
-        "be eating each day.",
-        "passage: Definition of summit for English Language Learners. : 1  the highest point of a mountain : "
-        "the top of a mountain. : 2  the highest level. : 3  a meeting or series of meetings between the "
-        "leaders of two or more governments.",
-    ],
-}
-
-# intfloat/multilingual-e5-small model card.
-CARD_MULTILINGUAL = {
-    "queries": ["query: how much protein should a female eat", "query: 南瓜的家常做法"],
-    "passages": [
-        CARD_EN["passages"][0],
-        "passage: 1.清炒南瓜丝 原料:嫩南瓜半个 调料:葱、盐、白糖、鸡精 做法: 1、南瓜用刀薄薄的削去表面一层皮,"
-        "用勺子刮去瓤 2、擦成细丝(没有擦菜板就用刀慢慢切成细丝) 3、锅烧热放油,入葱花煸出香味 "
-        "4、入南瓜丝快速翻炒一分钟左右,放盐、一点白糖和鸡精调味出锅 2.香葱炒南瓜 原料:南瓜1只 "
-        "调料:香葱、蒜末、橄榄油、盐 做法: 1、将南瓜去皮,切成片 2、油锅8成热后,入蒜末爆香 "
-        "3、入南瓜片快速翻炒,再放盐、香葱,翻炒均匀 4、加入南瓜丝快速翻炒一分钟左右,放盐、一点白糖和鸡精调味出锅",
-    ],
-}
+from e5_onnx.demo import CARD_EN, CARD_MULTILINGUAL  # the model cards' examples, shared with `e5-onnx demo`
 
 MULTILINGUAL = [
     "query: Wie viel Eiweiß sollte eine Frau täglich essen?",

