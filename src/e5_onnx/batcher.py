@@ -1,0 +1,188 @@
+"""Dynamic batching for the server: one worker thread owns the onnxruntime session.
+
+Requests hand in their tokenised texts; the worker pools every text waiting at that moment and
+cuts the pool into batches exactly as `Embedder.encode` cuts one list (`TextTokenizer.
+batch_encodings`: length-sorted, at most `batch_size` texts and `max_batch_tokens` padded tokens,
+each batch padded to its own longest). A lone request is therefore batched exactly as
+`Embedder.encode` would batch it. Each request's future is resolved on its event loop as soon as
+its own last text is done, not when the pool is. The queue is bounded in texts and in tokens;
+a job whose client went away is dropped from it.
+
+With batching off, the worker takes one request at a time (the `Embedder.encode` of its texts
+alone): the baseline `benchmarks/serve.py` compares against.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from tokenizers import Encoding
+
+from .pool import mean_pool_normalize
+
+
+class QueueFull(Exception):
+    """The queue cannot take the job now; `retry_after` is the estimated seconds until it can."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's texts; `future` (on `loop`) gets the (n, dim) float32 rows in input order."""
+
+    encodings: list[Encoding]
+    tokens: int
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    out: np.ndarray
+    remaining: int  # texts not yet embedded or dropped
+    remaining_tokens: int
+    cancelled: bool = False
+    queued: bool = True  # still waiting in the queue (not yet in the worker's pool)
+
+
+def _resolve(job: Job) -> None:
+    if not job.future.done():  # the request may have been cancelled meanwhile
+        job.future.set_result(job.out)
+
+
+def _fail(job: Job, error: BaseException) -> None:
+    if not job.future.done():
+        job.future.set_exception(error)
+
+
+class Batcher:
+    """Owns `embedder`'s session from one thread. `submit` is called on the event loop and never blocks
+    on inference; `on_batch(texts, padded_tokens, seconds)` is called from the worker after each batch."""
+
+    def __init__(self, embedder, *, max_queue_texts: int, max_queue_tokens: int, batching: bool = True,
+                 on_batch: Callable[[int, int, float], None] | None = None) -> None:
+        self.embedder = embedder
+        self.max_queue_texts = max_queue_texts
+        self.max_queue_tokens = max_queue_tokens
+        self.batching = batching
+        self.on_batch = on_batch or (lambda *_: None)
+        self.queued_texts = 0  # accepted and not yet embedded (waiting or in the worker's pool)
+        self.queued_tokens = 0
+        self.dropped_texts = 0  # texts of cancelled jobs that were never run
+        self._seconds_per_token = 2e-4  # running estimate, for Retry-After
+        self._pending: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="e5-onnx-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, encodings: list[Encoding], loop: asyncio.AbstractEventLoop) -> Job:
+        """Queue one request's texts, or raise QueueFull (or ValueError if it can never fit)."""
+        n, tokens = len(encodings), sum(len(e.ids) for e in encodings)
+        if n > self.max_queue_texts or tokens > self.max_queue_tokens:
+            raise ValueError(f"the request holds {n} texts and {tokens} tokens; the queue holds at most "
+                             f"{self.max_queue_texts} texts and {self.max_queue_tokens} tokens "
+                             "(E5_ONNX_MAX_QUEUE_TEXTS / E5_ONNX_MAX_QUEUE_TOKENS): split it")
+        job = Job(encodings, tokens, loop, loop.create_future(),
+                  np.empty((n, self.embedder.dim), dtype=np.float32), n, tokens)
+        with self._cond:
+            if self._stopping:
+                raise QueueFull("the server is shutting down", retry_after=1)
+            if self.queued_texts + n > self.max_queue_texts or self.queued_tokens + tokens > self.max_queue_tokens:
+                wait = math.ceil((self.queued_tokens + tokens) * self._seconds_per_token)
+                raise QueueFull(f"the queue is full ({self.queued_texts} texts, {self.queued_tokens} tokens "
+                                "waiting): retry later", retry_after=max(1, wait))
+            self.queued_texts += n
+            self.queued_tokens += tokens
+            if n == 0:
+                job.future.set_result(job.out)
+            else:
+                self._pending.append(job)
+                self._cond.notify()
+        return job
+
+    def cancel(self, job: Job) -> None:
+        """The client went away: drop the job's waiting texts (texts already in a running batch finish)."""
+        with self._cond:
+            if job.cancelled or job.remaining == 0:
+                return
+            job.cancelled = True
+            if job.queued:  # still waiting: nothing of it has run
+                self._pending.remove(job)
+                job.queued = False
+                self.dropped_texts += job.remaining
+                self._release(job, job.remaining, job.remaining_tokens)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Finish everything accepted, then stop the worker."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    def _release(self, job: Job, texts: int, tokens: int) -> None:
+        job.remaining -= texts
+        job.remaining_tokens -= tokens
+        self.queued_texts -= texts
+        self.queued_tokens -= tokens
+
+    def _take(self) -> list[Job] | None:
+        with self._cond:
+            while not self._pending and not self._stopping:
+                self._cond.wait()
+            if not self._pending:
+                return None
+            jobs = list(self._pending) if self.batching else [self._pending[0]]
+            for _ in jobs:
+                self._pending.popleft().queued = False
+            return jobs
+
+    def _run(self) -> None:
+        while (jobs := self._take()) is not None:
+            rows = [(job, i) for job in jobs for i in range(len(job.encodings))]
+            try:
+                self._embed(rows)
+            except Exception as error:  # a bug or a runtime failure: fail these requests, keep serving
+                with self._cond:
+                    for job in jobs:
+                        self._release(job, job.remaining, job.remaining_tokens)
+                        job.loop.call_soon_threadsafe(_fail, job, error)
+
+    def _embed(self, rows: list[tuple[Job, int]]) -> None:
+        tokenizer, session = self.embedder.tokenizer, self.embedder.session
+        encodings = [job.encodings[i] for job, i in rows]
+        for batch in tokenizer.batch_encodings(encodings, self.embedder.batch_size, self.embedder.max_batch_tokens):
+            keep = np.fromiter((not rows[k][0].cancelled for k in batch.order), dtype=bool, count=len(batch.order))
+            order, ids, mask = batch.order, batch.input_ids, batch.attention_mask
+            if not keep.all():  # a client left after the pool was cut: skip its texts
+                self._skip([rows[k] for k in order[~keep]])
+                if not keep.any():
+                    continue
+                order, ids, mask = order[keep], ids[keep], mask[keep]
+                width = int(mask.sum(axis=1).max())
+                ids, mask = ids[:, :width], mask[:, :width]
+            start = time.perf_counter()
+            vectors = mean_pool_normalize(session.run(ids, mask), mask)
+            seconds = time.perf_counter() - start
+            self._seconds_per_token = 0.8 * self._seconds_per_token + 0.2 * seconds / mask.size
+            self._deliver([rows[k] for k in order], vectors)
+            self.on_batch(len(order), int(mask.size), seconds)
+
+    def _deliver(self, rows: list[tuple[Job, int]], vectors: np.ndarray) -> None:
+        with self._cond:
+            for (job, i), vector in zip(rows, vectors):
+                job.out[i] = vector
+                self._release(job, 1, len(job.encodings[i].ids))
+                if job.remaining == 0 and not job.cancelled:
+                    job.loop.call_soon_threadsafe(_resolve, job)
+
+    def _skip(self, rows: list[tuple[Job, int]]) -> None:
+        with self._cond:
+            for job, i in rows:
+                self._release(job, 1, len(job.encodings[i].ids))
+                self.dropped_texts += 1

@@ -1,0 +1,120 @@
+"""The OpenAI embeddings protocol: request validation, the response body, the error object.
+
+Kept apart from the server so the rules a request must follow read in one place. Every bad
+request becomes an ApiError naming the field (`param`) and what is wrong with it.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+_ERROR_TYPE = {401: "authentication_error", 429: "rate_limit_error", 500: "server_error", 503: "server_error"}
+_SURROGATE = re.compile("[\ud800-\udfff]")  # valid in a JSON escape, impossible in UTF-8 text
+FORMATS = ("float", "base64")
+
+
+class ApiError(Exception):
+    """An HTTP error with an OpenAI-style body: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 type_: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.type = type_ or _ERROR_TYPE.get(status, "invalid_request_error")
+        self.headers = headers or {}
+
+    def response(self):
+        from starlette.responses import JSONResponse
+
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+def parse_json(body: bytes) -> object:
+    try:
+        return json.loads(body)  # bytes: UTF-8 (or -16/-32 with a BOM), invalid UTF-8 is a ValueError
+    except UnicodeDecodeError as error:
+        raise ApiError(400, f"the body is not valid UTF-8 ({error.reason} at byte {error.start})",
+                       code="invalid_json") from None
+    except ValueError as error:
+        raise ApiError(400, f"the body is not valid JSON: {error}", code="invalid_json") from None
+    except RecursionError:
+        raise ApiError(400, "the body is not valid JSON: nested too deeply", code="invalid_json") from None
+
+
+@dataclass(frozen=True)
+class EmbeddingsRequest:
+    texts: list[str]  # prefixes already added
+    encoding_format: str
+
+
+def _bad(param: str, message: str) -> ApiError:
+    return ApiError(400, message, param=param, code="invalid_value")
+
+
+def _optional(payload: dict, name: str, kind: type | tuple, label: str):
+    value = payload.get(name)
+    if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+        raise _bad(name, f"'{name}' must be {label}, not {type(value).__name__}")
+    return value
+
+
+def parse_embeddings_request(payload: object, *, dim: int, max_inputs: int, max_chars: int,
+                             prefixes: dict[str, str]) -> EmbeddingsRequest:
+    """Check an /v1/embeddings body against OpenAI's schema and this server's limits."""
+    if not isinstance(payload, dict):
+        raise ApiError(400, f"the body must be a JSON object, not {type(payload).__name__}", code="invalid_json")
+    if "input" not in payload:
+        raise _bad("input", "'input' is required: a string or a list of strings")
+    texts = payload["input"]
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list):
+        raise _bad("input", f"'input' must be a string or a list of strings, not {type(texts).__name__}")
+    if not texts:
+        raise _bad("input", "'input' is an empty list: send at least one string")
+    if len(texts) > max_inputs:
+        raise ApiError(422, f"'input' holds {len(texts)} strings; at most {max_inputs} are accepted per request "
+                       "(E5_ONNX_MAX_INPUTS)", param="input", code="too_many_inputs")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            hint = " (token arrays are not supported: send text)" if isinstance(text, (int, list)) else ""
+            raise _bad("input", f"input[{i}] is {type(text).__name__}, not a string{hint}")
+        if len(text) > max_chars:
+            raise ApiError(422, f"input[{i}] has {len(text)} characters; at most {max_chars} are accepted "
+                           "(E5_ONNX_MAX_CHARS)", param="input", code="input_too_long")
+        bad = _SURROGATE.search(text)
+        if bad:
+            raise _bad("input", f"input[{i}] holds a lone surrogate U+{ord(bad.group()):04X} at character "
+                       f"{bad.start()}, which is not valid Unicode text")
+    _optional(payload, "model", str, "a string")
+    _optional(payload, "user", str, "a string")
+    dimensions = _optional(payload, "dimensions", int, "an integer")
+    if dimensions is not None and dimensions != dim:
+        raise _bad("dimensions", f"'dimensions' is {dimensions}, but this model's vectors have {dim}; E5 vectors "
+                   f"cannot be shortened (they are not Matryoshka-trained): omit it or send {dim}")
+    fmt = _optional(payload, "encoding_format", str, "a string") or "float"
+    if fmt not in FORMATS:
+        raise _bad("encoding_format", f"'encoding_format' is {fmt!r}; choose one of {FORMATS}")
+    input_type = _optional(payload, "input_type", str, "a string")
+    if input_type is not None:
+        if input_type not in prefixes:
+            raise _bad("input_type", f"'input_type' is {input_type!r}; choose one of {tuple(prefixes)} or omit it")
+        texts = [prefixes[input_type] + t for t in texts]
+    return EmbeddingsRequest(texts=texts, encoding_format=fmt)
+
+
+def render_embeddings(vectors: np.ndarray, fmt: str, model: str, tokens: int, truncated: int) -> bytes:
+    """The response body: base64 is the little-endian float32 bytes, as OpenAI sends them."""
+    if fmt == "base64":
+        rows = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
+    else:
+        rows = vectors.tolist()
+    data = [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)]
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens, "truncated_texts": truncated}
+    return json.dumps({"object": "list", "data": data, "model": model, "usage": usage},
+                      separators=(",", ":")).encode()
