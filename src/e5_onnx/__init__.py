@@ -3,6 +3,9 @@ from .embedder import Embedder
 from .lock import UnknownModelError
 from .manifest import HashMismatchError, ModelDirError
 from .pool import mean_pool_normalize
+from .registry import ModelConflictError
 
-__all__ = ["Embedder", "HashMismatchError", "ModelDirError", "UnknownModelError", "mean_pool_normalize"]
+__all__ = [
+    "Embedder", "HashMismatchError", "ModelConflictError", "ModelDirError", "UnknownModelError", "mean_pool_normalize",
+]
 __version__ = "0.1.0"

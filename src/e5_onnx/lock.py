@@ -1,7 +1,7 @@
 """The models e5-onnx knows by name (models.lock) and where their exports live.
 
 The runtime never downloads: a name only resolves to a local cache directory that
-`python -m export NAME` writes to.
+`e5-onnx export NAME` writes to.
 """
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def get_spec(name: str, path: Path | None = None) -> ModelSpec:
             return spec
     raise UnknownModelError(
         f"unknown model name {name!r}; models.lock knows: {', '.join(sorted(specs))} "
-        "(or pass a directory written by `python -m export`)"
+        "(or pass a directory written by `e5-onnx export`)"
     )
 
 

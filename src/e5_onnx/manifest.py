@@ -40,15 +40,50 @@ def load_manifest(model_dir: Path) -> dict:
     path = model_dir / MANIFEST
     if not path.is_file():
         raise ModelDirError(
-            f"{str(model_dir)!r} has no {MANIFEST}: not a directory written by `python -m export`"
+            f"{str(model_dir)!r} has no {MANIFEST}: not a directory written by `e5-onnx export`"
         )
-    manifest = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelDirError(f"{path} is not valid JSON ({e}): the export is damaged; re-export the model") from None
+    if not isinstance(manifest, dict):
+        raise ModelDirError(f"{path} holds a JSON {type(manifest).__name__}, not an object: re-export the model")
     if manifest.get("format") not in READABLE_FORMATS:
         raise ModelDirError(
             f"{path} has format {manifest.get('format')!r}; this e5-onnx reads formats {READABLE_FORMATS}: "
             "re-export it with this version"
         )
+    _check_fields(path, manifest)
     return manifest
+
+
+# What the runtime reads from a manifest, and the JSON type each must have.
+REQUIRED = {
+    "dim": int, "max_length": int, "pad_token_id": int, "query_prefix": str, "passage_prefix": str,
+    "source": dict, "variants": dict, "files": dict,
+}
+
+
+def _check_fields(path: Path, manifest: dict) -> None:
+    """A missing or mistyped field is named here, not met later as a KeyError deep in the load."""
+    def bad(field: str, problem: str) -> ModelDirError:
+        return ModelDirError(f"{path}: field {field!r} {problem}; the export is damaged or hand-edited: re-export the model")
+
+    for field, kind in REQUIRED.items():
+        if field not in manifest:
+            raise bad(field, "is missing")
+        value = manifest[field]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise bad(field, f"is a {type(value).__name__}, not {'an' if kind is int else 'a'} {kind.__name__}")
+    for field in ("dim", "max_length"):
+        if manifest[field] < 1:
+            raise bad(field, f"is {manifest[field]}, not positive")
+    for variant, graph in manifest["variants"].items():
+        if not isinstance(graph, str):
+            raise bad(f"variants.{variant}", f"is a {type(graph).__name__}, not a file name")
+    for name, entry in manifest["files"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            raise bad(f"files.{name}", "has no sha256")
 
 
 def _entry(model_dir: Path, manifest: dict, name: str) -> tuple[Path, str]:
