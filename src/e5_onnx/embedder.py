@@ -44,6 +44,7 @@ class Embedder:
         batch_size: int = 32,
         max_batch_tokens: int = 512,
         long_text: str = "truncate",
+        spinning: bool = True,
     ) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
@@ -77,6 +78,7 @@ class Embedder:
             verified_graph(self.model_dir, self.manifest, self.manifest["variants"][variant]),
             threads=threads,
             position_offset=self.manifest.get("position_offset", 0),
+            spinning=spinning,  # off in `e5-onnx serve`, whose event loop shares the cores
         )
 
     def encode(self, texts: Sequence[str], *, long_text: str | None = None) -> np.ndarray:

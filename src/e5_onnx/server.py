@@ -15,6 +15,7 @@ import hmac
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -55,6 +56,7 @@ class Settings:
     batch_size: int = 32
     max_batch_tokens: int = 512
     batching: bool = True
+    spinning: bool = False
     grace: float = 30.0
     body_timeout: float = 30.0
     log_level: str = "info"
@@ -84,7 +86,7 @@ class Service:
         s = self.settings
         try:
             embedder = Embedder(self.model_dir, s.variant, threads=s.threads, batch_size=s.batch_size,
-                                max_batch_tokens=s.max_batch_tokens)
+                                max_batch_tokens=s.max_batch_tokens, spinning=s.spinning)
             self.embedder = embedder
             self.batcher = Batcher(embedder, max_queue_texts=s.max_queue_texts, max_queue_tokens=s.max_queue_tokens,
                                    batching=s.batching, on_batch=self._on_batch)
@@ -178,6 +180,9 @@ async def _read_body(request: Request, limit: int, timeout: float) -> bytes | No
         return b"".join(chunks)
 
     try:
+        if sys.version_info >= (3, 11):  # no extra task per request
+            async with asyncio.timeout(timeout):
+                return await read()
         return await asyncio.wait_for(read(), timeout)
     except asyncio.TimeoutError:
         raise ApiError(408, f"the body did not arrive within {timeout:g} s (E5_ONNX_BODY_TIMEOUT)",
@@ -312,25 +317,33 @@ def parse_args(argv: Sequence[str]) -> Settings:
                                 epilog="Every flag also reads the environment variable named beside it; "
                                        "E5_ONNX_API_KEY (environment only) turns on Bearer authentication.")
 
-    def flag(name: str, var: str, default, type_=str, **kw) -> None:
-        p.add_argument(name, type=type_, default=env(var, default), help=f"(${var}; default {default})", **kw)
+    def flag(name: str, var: str, default, type_=str, help_: str = "", **kw) -> None:
+        p.add_argument(name, type=type_, default=env(var, default), help=f"{help_} (${var}; default {default})", **kw)
 
-    flag("--model", "E5_ONNX_MODEL", None, dest="model")
+    flag("--model", "E5_ONNX_MODEL", None, dest="model", help_="export directory or model name")
     flag("--variant", "E5_ONNX_VARIANT", d.variant, choices=VARIANTS)
-    flag("--host", "E5_ONNX_HOST", d.host)
+    flag("--host", "E5_ONNX_HOST", d.host, help_="address to bind; 0.0.0.0 listens on every interface")
     flag("--port", "E5_ONNX_PORT", d.port, int)
-    flag("--threads", "E5_ONNX_THREADS", 0, int)
-    flag("--served-model-name", "E5_ONNX_SERVED_MODEL_NAME", None, dest="served_name")
-    flag("--max-inputs", "E5_ONNX_MAX_INPUTS", d.max_inputs, int)
-    flag("--max-chars", "E5_ONNX_MAX_CHARS", d.max_chars, int)
-    flag("--max-body-bytes", "E5_ONNX_MAX_BODY_BYTES", d.max_body_bytes, int)
-    flag("--max-queue-texts", "E5_ONNX_MAX_QUEUE_TEXTS", d.max_queue_texts, int)
-    flag("--max-queue-tokens", "E5_ONNX_MAX_QUEUE_TOKENS", d.max_queue_tokens, int)
-    flag("--batch-size", "E5_ONNX_BATCH_SIZE", d.batch_size, int)
-    flag("--max-batch-tokens", "E5_ONNX_MAX_BATCH_TOKENS", d.max_batch_tokens, int)
-    flag("--batching", "E5_ONNX_BATCHING", "on", choices=("on", "off"))
-    flag("--grace", "E5_ONNX_GRACE", d.grace, float)
-    flag("--body-timeout", "E5_ONNX_BODY_TIMEOUT", d.body_timeout, float)
+    flag("--threads", "E5_ONNX_THREADS", 0, int, help_="onnxruntime threads; 0: the cores this process may use")
+    flag("--served-model-name", "E5_ONNX_SERVED_MODEL_NAME", None, dest="served_name",
+         help_="the `model` the responses and /v1/models name (default: the export's name)")
+    flag("--max-inputs", "E5_ONNX_MAX_INPUTS", d.max_inputs, int, help_="texts per request (else 422)")
+    flag("--max-chars", "E5_ONNX_MAX_CHARS", d.max_chars, int, help_="characters per text (else 422)")
+    flag("--max-body-bytes", "E5_ONNX_MAX_BODY_BYTES", d.max_body_bytes, int, help_="request body (else 413)")
+    flag("--max-queue-texts", "E5_ONNX_MAX_QUEUE_TEXTS", d.max_queue_texts, int,
+         help_="texts accepted and not yet embedded (else 429)")
+    flag("--max-queue-tokens", "E5_ONNX_MAX_QUEUE_TOKENS", d.max_queue_tokens, int,
+         help_="tokens accepted and not yet embedded (else 429)")
+    flag("--batch-size", "E5_ONNX_BATCH_SIZE", d.batch_size, int, help_="texts per onnxruntime call")
+    flag("--max-batch-tokens", "E5_ONNX_MAX_BATCH_TOKENS", d.max_batch_tokens, int,
+         help_="padded tokens per onnxruntime call")
+    flag("--batching", "E5_ONNX_BATCHING", "on", choices=("on", "off"),
+         help_="pool concurrent requests into shared batches; off: one request at a time")
+    flag("--spinning", "E5_ONNX_SPINNING", "off", choices=("on", "off"),
+         help_="onnxruntime's worker threads spin between calls; off leaves the event loop its core")
+    flag("--grace", "E5_ONNX_GRACE", d.grace, float, help_="seconds to finish accepted requests after SIGTERM")
+    flag("--body-timeout", "E5_ONNX_BODY_TIMEOUT", d.body_timeout, float,
+         help_="seconds a client may take to send its body (else 408)")
     flag("--log-level", "E5_ONNX_LOG_LEVEL", "info", choices=("debug", "info", "warning", "error"))
     flag("--access-log", "E5_ONNX_ACCESS_LOG", "off", choices=("on", "off"))
     a = p.parse_args(argv)
@@ -341,6 +354,7 @@ def parse_args(argv: Sequence[str]) -> Settings:
     settings = Settings(**{k: v for k, v in vars(a).items() if k in Settings.__dataclass_fields__})
     settings.threads = a.threads or None
     settings.batching = a.batching == "on"
+    settings.spinning = a.spinning == "on"
     settings.api_key = env("E5_ONNX_API_KEY") or None
     settings.access_log = a.access_log == "on"
     return settings

@@ -37,7 +37,7 @@ def available_cores() -> int:
 DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
+def session_options(threads: int | None = None, spinning: bool = True) -> ort.SessionOptions:
     """e5-onnx's onnxruntime settings; benchmarks/session_settings.py measures each against its
     alternatives (README, "Session settings"): none measured better. Spinning and the CPU arena
     stay on as onnxruntime has them (spinning off saved 11-28% of the CPU per query and was up
@@ -52,6 +52,8 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     # Memory patterns are planned and cached per input shape; every (batch, length) here is
     # new, so they only add work and cached plans (benchmarks/memory_soak.py compares).
     options.enable_mem_pattern = False
+    if not spinning:  # the server: a spinning worker takes the core its event loop needs (benchmarks/serve.py)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
@@ -59,9 +61,10 @@ class EncoderSession:
     """Runs input_ids + attention_mask through the graph; token_type_ids / position_ids
     are supplied only if the graph asks for them."""
 
-    def __init__(self, model_path: Path, threads: int | None = None, position_offset: int = 0) -> None:
+    def __init__(self, model_path: Path, threads: int | None = None, position_offset: int = 0,
+                 spinning: bool = True) -> None:
         self.position_offset = position_offset  # XLM-R layout: positions start at padding_idx + 1
-        self.session = ort.InferenceSession(str(model_path), session_options(threads),
+        self.session = ort.InferenceSession(str(model_path), session_options(threads, spinning),
                                             providers=["CPUExecutionProvider"],
                                             disabled_optimizers=DISABLED_OPTIMIZERS)
         self.input_names = [i.name for i in self.session.get_inputs()]
