@@ -16,7 +16,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from .bench import text_mix
+from .mix import text_mix
 
 # Op types grouped by what they compute, for the one-line summaries.
 MATMUL_OPS = {"MatMulNBits", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger", "MatMul",

@@ -25,7 +25,9 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from .bench import ROOT_DIR, machine, rotate, text_mix, write_report
+from .measure import rotate
+from .mix import text_mix
+from .report import ROOT_DIR, machine, write_report
 
 # name -> what it changes from e5-onnx's settings (for the report)
 CONFIGS = {

@@ -21,7 +21,9 @@ from datetime import datetime, timezone
 import numpy as np
 
 from .assets import export_dir
-from .bench import ROOT_DIR, machine, rotate, text_mix, write_report
+from .measure import rotate
+from .mix import text_mix
+from .report import ROOT_DIR, machine, write_report
 from .data import scifact_passages, stsb
 
 BUDGETS = [256, 512, 1024, 2048, 4096, 8192]

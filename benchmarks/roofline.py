@@ -1,0 +1,78 @@
+"""The INT8 matmul roofline: what the machine's int8 units reach on the model's FFN shapes, timed
+beside the systems, and the share of it e5-onnx INT8 reaches.
+
+numpy and onnxruntime are imported inside the functions, after bench.main has set the thread variables.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+ROOFLINE = "int8-matmul"  # pseudo-system timed in the batch-32 rounds
+
+
+def load_roofline(hidden: int, ffn: int, threads: int, rows: int = 4096,
+                  repeats: int = 10) -> tuple[Callable[[], list[float]], int]:
+    """One session holding a large uint8 x int8 MatMulInteger pair with the model's FFN shapes.
+
+    Returns (run, ops per pair); run() times `repeats` pairs after two untimed ones. One session,
+    not one per shape: a second session's spinning worker threads took a core from the first and
+    halved the measured rate (388 vs ~730 GOPS, scratch A/B), and a single pair right after
+    another system's run measured that system's spinning threads, not the machine.
+    """
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inputs, outputs, weights, feed = [], [], [], [], {}
+    for i, (k, n) in enumerate(((hidden, ffn), (ffn, hidden))):
+        weights.append(numpy_helper.from_array(rng.integers(-127, 128, (k, n), dtype=np.int8), f"w{i}"))
+        nodes.append(helper.make_node("MatMulInteger", [f"a{i}", f"w{i}"], [f"y{i}"]))
+        inputs.append(helper.make_tensor_value_info(f"a{i}", TensorProto.UINT8, [rows, k]))
+        outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.INT32, [rows, n]))
+        feed[f"a{i}"] = rng.integers(0, 256, (rows, k), dtype=np.uint8)
+    model = helper.make_model(helper.make_graph(nodes, "mm", inputs, outputs, weights),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    def run() -> list[float]:
+        times = []
+        for i in range(repeats + 2):
+            t = time.perf_counter()
+            session.run(None, feed)
+            if i >= 2:
+                times.append(time.perf_counter() - t)
+        return times
+    return run, 2 * 2 * rows * hidden * ffn
+
+
+def flops_per_token(config: dict, mean_len: float) -> float:
+    """2 x matmul weights per layer x layers, plus attention scores and mix (4 x seq x hidden per layer)."""
+    h, f, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    return 2 * (4 * h * h + 2 * h * f) * layers + 4 * mean_len * h * layers
+
+
+def roofline_result(systems: dict, cfg: dict, lengths: list[int], roof_ops: int, roof_times: list[float]) -> dict:
+    """The roofline's rate and token ceiling, and the share of it e5-onnx INT8 (and 6x st-torch) reach."""
+    import numpy as np
+
+    mean_len = float(np.mean(lengths))
+    gops = roof_ops / float(np.median(roof_times)) / 1e9
+    fpt = flops_per_token(cfg, mean_len)
+    h, f = cfg["hidden_size"], cfg["intermediate_size"]
+    r = {"matmul_shapes": f"[4096,{h}]x[{h},{f}] + [4096,{f}]x[{f},{h}]", "runs_s": roof_times,
+         "method": "one onnxruntime session, both MatMulIntegers, constant int8 weights; median of the timed pairs",
+         "int8_gops": gops, "flops_per_token": fpt, "mean_tokens": mean_len,
+         "ceiling_tokens_per_s": gops * 1e9 / fpt}
+    got = systems.get("e5onnx-int8", {}).get("throughput", {}).get("32")
+    if got:
+        r["e5onnx_int8_b32_pct"] = 100 * got["tokens_per_s"] / r["ceiling_tokens_per_s"]
+    base = systems.get("st-torch", {}).get("throughput", {}).get("32")
+    if base:  # what the 6x goal asks of the matmul units
+        r["six_x_st_torch_pct"] = 100 * 6 * base["tokens_per_s"] / r["ceiling_tokens_per_s"]
+    return r
