@@ -71,9 +71,7 @@ class PidTagged(EmbedBatch):
 
 
 def test_two_one_cpu_actors_each_id_once_equal_to_single_process(cluster, dataset, tiny_exports, single_process, tmp_path):
-    import cloudpickle
-
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import the tests
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import the tests
     ds = read_parquet(str(dataset)).map_batches(
         PidTagged, fn_constructor_kwargs={"model": str(tiny_exports["wordpiece-bert"]), "variant": "fp32"},
         batch_format="pyarrow", batch_size=256, num_cpus=1, compute=ray.data.ActorPoolStrategy(size=2))

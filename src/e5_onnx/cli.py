@@ -13,7 +13,7 @@ from typing import Sequence
 
 # name -> (module with `main(argv) -> int`, one-line help). Modules are imported lazily.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "embed": ("e5_onnx.jobs", "embed texts from a file into .npy or JSONL"),
+    "embed": ("e5_onnx.jobs", "embed a corpus (lines, JSONL, Parquet) into .npy, JSONL or Parquet; resumable; --ray"),
     "bundle": ("e5_onnx.bundle", "build an AWS Lambda zip: runtime + model + handler (bundle lambda --model ...)"),
     "export": ("e5_onnx.export.__main__", "export a model to ONNX fp32 + INT8 (needs the [export] extra: torch)"),
     "serve": ("e5_onnx.server", "OpenAI-compatible embedding server with dynamic batching (needs the [serve] extra)"),
