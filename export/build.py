@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -19,7 +18,7 @@ from e5_onnx import Embedder
 from e5_onnx.manifest import FORMAT, MANIFEST, sha256_file
 from e5_onnx.session import available_cores
 
-from . import convert, parity, smooth
+from . import convert, parity, publish, smooth
 from .calibration import calibration_texts
 from .probes import probe_texts
 
@@ -94,21 +93,23 @@ def export_model(
     }
     if not (source_dir / "config.json").is_file():
         raise ExportError(f"{source_dir} is not a Hugging Face model directory (no config.json)")
-    prepare_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        manifest = _export_into(staging, source_dir, source, name, query_prefix, passage_prefix,
-                                max_length_cap, thresholds, log)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)  # mkdtemp made it private
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+    # Crash safety (export/publish.py): one export per OUT at a time, built beside it, swapped in
+    # by renames; what a killed export left behind is repaired before anything else.
+    with publish.export_lock(out, log):
+        publish.recover(out, log)
+        prepare_out(out)
+        staging = publish.new_staging(out)
+        try:
+            manifest = _export_into(staging, source_dir, source, name, query_prefix, passage_prefix,
+                                    max_length_cap, thresholds, log)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(staging, 0o777 & ~umask)  # mkdtemp made it private
+            publish.publish(staging, out)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
     log(f"done: {out}")
     return manifest
 
@@ -202,7 +203,7 @@ def _export_into(staging, source_dir, source, name, query_prefix, passage_prefix
 
 
 def _write_manifest(model_dir: Path, manifest: dict) -> None:
-    files = sorted(p.name for p in model_dir.iterdir() if p.is_file() and p.name != MANIFEST)
+    files = sorted(p.name for p in model_dir.iterdir() if p.is_file() and p.name not in (MANIFEST, publish.STAGING_MARKER))
     manifest["files"] = {
         f: {"sha256": sha256_file(model_dir / f), "bytes": (model_dir / f).stat().st_size} for f in files
     }
