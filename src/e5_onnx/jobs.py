@@ -154,9 +154,11 @@ def job_settings(args: argparse.Namespace, model: Embedder, prefix: str) -> dict
 def write_output(checkpoint: Checkpoint, output: Path, fmt: str, dim: int) -> int:
     """Every chunk from the checkpoint into the output, via a temporary file renamed at the end:
     the output appears complete or not at all. Returns the number of rows."""
-    metas = [checkpoint.meta(k) for k in range(checkpoint.done)]
-    rows = sum(m["rows"] for m in metas)
-    has_ids = any(i is not None for m in metas for i in m["ids"])
+    rows, has_ids = 0, False
+    for k in range(checkpoint.done):  # one chunk's metadata at a time: ids of millions of rows add up
+        meta = checkpoint.meta(k)
+        rows += meta["rows"]
+        has_ids = has_ids or any(i is not None for i in meta["ids"])
     tmp = output.with_name(output.name + ".tmp")
     if fmt == "parquet":
         write_parquet(tmp, checkpoint.chunks(), has_ids, dim)
