@@ -109,12 +109,18 @@ def parse_embeddings_request(payload: object, *, dim: int, max_inputs: int, max_
 
 
 def render_embeddings(vectors: np.ndarray, fmt: str, model: str, tokens: int, truncated: int) -> bytes:
-    """The response body: base64 is the little-endian float32 bytes, as OpenAI sends them."""
+    """The response body. Floats are written with 9 significant digits, which give back every
+    float32 exactly and cost a quarter of json.dumps's 17-digit repr (63 vs 231 us per 384-dim
+    row): at one query per request that was most of the server's time. base64 is the
+    little-endian float32 bytes, as OpenAI sends them."""
+    if not np.isfinite(vectors).all():
+        raise ValueError("the model produced non-finite values")
     if fmt == "base64":
-        rows = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
+        rows = ['"' + base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") + '"' for v in vectors]
     else:
-        rows = vectors.tolist()
-    data = [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)]
+        row = "[" + ",".join(["%.9g"] * vectors.shape[1]) + "]"
+        rows = [row % tuple(v) for v in vectors.tolist()]
+    data = ",".join(f'{{"object":"embedding","index":{i},"embedding":{r}}}' for i, r in enumerate(rows))
     usage = {"prompt_tokens": tokens, "total_tokens": tokens, "truncated_texts": truncated}
-    return json.dumps({"object": "list", "data": data, "model": model, "usage": usage},
-                      separators=(",", ":")).encode()
+    return (f'{{"object":"list","data":[{data}],"model":{json.dumps(model)},'
+            f'"usage":{json.dumps(usage, separators=(",", ":"))}}}').encode()

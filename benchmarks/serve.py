@@ -1,0 +1,307 @@
+"""`e5-onnx serve` under load: dynamic batching vs one session call per request vs no HTTP at all.
+
+    python -m benchmarks.serve [--model e5-small-arch|minilm|DIR] [--rounds 3] [--seconds 6]
+
+For 1, 8, 32 and 128 concurrent clients, each sending single queries (STSb sentences with the
+`query: ` prefix) or mixed batches (1-16 texts, half queries, half SciFact passages cut to 400
+characters), one request after another on a keep-alive connection, it measures requests/s,
+texts/s and p50/p99 latency of the server with batching on and with batching off (`--batching
+off`: the worker takes one request at a time), and `Embedder.encode` on the same texts in this
+process with no HTTP (same session settings as the server: spinning off). Servers run one at
+a time in their own process; rounds interleave the three systems and the table gives each cell's
+median over the rounds. Writes benchmarks/results/serve.json and .md.
+
+The load generator is a bare asyncio HTTP/1.1 client (prebuilt request bytes, the status line
+and Content-Length parsed, the JSON body not): it shares the two cores with the server, so it has
+to cost as little CPU as possible; a full client (httpx, the openai client) costs several times
+more per request, which would be measured as the server's slowness.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from .data import ROOT, scifact_passages, stsb
+
+CONCURRENCY = (1, 8, 32, 128)
+WORKLOADS = ("query", "mixed")
+SEED = 0
+# Passages cut to ~100 tokens, so a mixed request (1-16 texts) is ~0.5 s of work on a quiet
+# machine and every cell of a few seconds completes requests even at 128 clients.
+PASSAGE_CHARS = 400
+
+
+def workloads(n_requests: int = 2048) -> dict[str, list[list[str]]]:
+    """Per workload, the texts of each request (clients cycle through them)."""
+    rng = random.Random(SEED)
+    sentences = sorted({s for a, b, _ in stsb("en", "test") for s in (a, b)})
+    queries = ["query: " + s for s in rng.sample(sentences, n_requests)]
+    passages = ["passage: " + p[:PASSAGE_CHARS] for p in rng.sample(scifact_passages(), n_requests)]
+    mixed = []
+    for _ in range(n_requests):
+        k = rng.randint(1, 16)
+        mixed.append([rng.choice(queries) if rng.random() < 0.5 else rng.choice(passages) for _ in range(k)])
+    return {"query": [[q] for q in queries], "mixed": mixed}
+
+
+def http_request(port: int, texts: list[str]) -> bytes:
+    body = json.dumps({"input": texts, "model": "e5"}).encode()
+    return (f"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    return status, await reader.readexactly(length)
+
+
+async def load(port: int, requests: list[tuple[bytes, int]], clients: int, warm: float, seconds: float) -> dict:
+    """`clients` connections, each sending its next request when the last is answered."""
+    start = time.perf_counter()
+    begin, end = start + warm, start + warm + seconds
+    latencies: list[float] = []
+    texts = errors = 0
+
+    async def client(k: int) -> None:
+        nonlocal texts, errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        i = k
+        while (sent := time.perf_counter()) < end:
+            payload, n = requests[i % len(requests)]
+            i += clients
+            writer.write(payload)
+            status, body = await read_response(reader)
+            done = time.perf_counter()
+            if status != 200:
+                errors += 1
+            elif sent >= begin and done <= end:
+                latencies.append(done - sent)
+                texts += n
+        writer.close()
+
+    cpu = time.process_time()
+    tasks = [asyncio.ensure_future(client(k)) for k in range(clients)]
+    done, pending = await asyncio.wait(tasks, timeout=end - time.perf_counter() + 0.05)
+    for task in pending:  # requests still out at the end are abandoned: the server drops their texts
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        task.result()  # a client that failed (connection refused, bad response) fails the run
+    lat = np.array(latencies or [float("nan")]) * 1000  # nan: no request both started and ended in the window
+    return {"requests_per_s": len(latencies) / seconds, "texts_per_s": texts / seconds, "errors": errors,
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+            "requests": len(latencies), "client_cpu_s": time.process_time() - cpu}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_server(model_dir: Path, batching: str, reqs: dict, args) -> dict:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "e5_onnx.cli", "serve", "--model", str(model_dir), "--port", str(port),
+                             "--batching", batching, "--log-level", "warning", "--max-queue-tokens", "1000000",
+                             *shlex.split(args.server_args)])
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                    if b" 200 " in s.recv(4096).split(b"\r\n")[0] + b" ":
+                        break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        out = {}
+        for workload in WORKLOADS:
+            requests = [(http_request(port, texts), len(texts)) for texts in reqs[workload]]
+            for clients in CONCURRENCY:
+                cpu = cpu_seconds(proc.pid)
+                cell = asyncio.run(load(port, requests, clients, args.warm, args.seconds))
+                cell["server_cpu_s"] = cpu_seconds(proc.pid) - cpu
+                out[f"{workload}/{clients}"] = cell
+                print(f"  batching {batching:3} {workload:6} x{clients:<4} {cell['requests_per_s']:7.1f} req/s "
+                      f"{cell['texts_per_s']:7.1f} texts/s p50 {cell['p50_ms']:7.1f} ms p99 {cell['p99_ms']:7.1f} ms",
+                      file=sys.stderr)
+        return out
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+def run_embedder(model_dir: Path, reqs: dict, n_texts: int) -> dict:
+    """Embedder.encode on the same texts, in this process: the ceiling with no HTTP. Same session
+    settings as the server (spinning off), so the difference is HTTP, JSON and queueing."""
+    from e5_onnx import Embedder
+
+    model = Embedder(model_dir, spinning=False)
+    out = {}
+    for workload in WORKLOADS:
+        texts = [t for r in reqs[workload] for t in r][:n_texts]
+        model.encode(texts[:64])
+        start = time.perf_counter()
+        model.encode(texts)
+        out[workload] = {"texts_per_s": len(texts) / (time.perf_counter() - start), "texts": len(texts)}
+    singles = [r[0] for r in reqs["query"][:300]]
+    times = []
+    for q in singles:
+        start = time.perf_counter()
+        model.encode([q])
+        times.append((time.perf_counter() - start) * 1000)
+    out["query_single"] = {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)),
+                           "requests_per_s": 1000 / statistics.mean(times)}
+    print(f"  Embedder.encode: queries {out['query']['texts_per_s']:.1f} texts/s, mixed "
+          f"{out['mixed']['texts_per_s']:.1f} texts/s, one query p50 {out['query_single']['p50_ms']:.1f} ms",
+          file=sys.stderr)
+    return out
+
+
+def median_cells(rounds: list[dict]) -> dict:
+    """Each number of each cell: its median over the rounds."""
+    def med(values):
+        return statistics.median(values) if isinstance(values[0], (int, float)) else values
+
+    def merge(items):
+        if isinstance(items[0], dict):
+            return {k: merge([i[k] for i in items]) for k in items[0]}
+        return med(items)
+
+    return merge(rounds)
+
+
+def ratio(a: float, b: float, fmt: str) -> str:
+    return format(a / b, fmt) + ("x" if fmt.endswith("f") else "") if a and b and a == a and b == b else "–"
+
+
+def ms(cell: dict) -> str:
+    """p50 / p99, or a dash when no request both started and ended inside the measured window."""
+    return f"{cell['p50_ms']:.1f} / {cell['p99_ms']:.1f}" if cell["requests"] else "–"
+
+
+def markdown(res: dict) -> str:
+    on, off, enc = res["median"]["on"], res["median"]["off"], res["median"]["encode"]
+    lines = ["| workload | clients | batched req/s | p50 / p99 ms | unbatched req/s | p50 / p99 ms | "
+             "batched / unbatched req/s | batched texts/s / Embedder.encode |", "|---|---|---|---|---|---|---|---|"]
+    for workload in WORKLOADS:
+        for clients in CONCURRENCY:
+            a, b = on[f"{workload}/{clients}"], off[f"{workload}/{clients}"]
+            lines.append(f"| {'single query' if workload == 'query' else 'mixed 1-16 texts'} | {clients} | "
+                         f"{a['requests_per_s']:.1f} | {ms(a)} | {b['requests_per_s']:.1f} | "
+                         f"{ms(b)} | {ratio(a['requests_per_s'], b['requests_per_s'], '.2f')} | "
+                         f"{ratio(a['texts_per_s'], enc[workload]['texts_per_s'], '.0%')} |")
+    lines.append(f"| Embedder.encode, no HTTP | | queries {enc['query']['texts_per_s']:.0f} texts/s, mixed "
+                 f"{enc['mixed']['texts_per_s']:.0f} texts/s | one query at a time {enc['query_single']['p50_ms']:.1f} / "
+                 f"{enc['query_single']['p99_ms']:.1f} | | | | |")
+    lines += ["", "| goal at 32 single-query clients | target | measured | met |", "|---|---|---|---|"]
+    for g in res["goals"]:
+        lines.append(f"| {g['goal']} | {g['target']} | {g['measured']} | {'yes' if g['met'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def goals(res: dict) -> list[dict]:
+    a, b, enc = res["median"]["on"]["query/32"], res["median"]["off"]["query/32"], res["median"]["encode"]["query"]
+    share = a["texts_per_s"] / enc["texts_per_s"]
+    speedup = a["requests_per_s"] / b["requests_per_s"]
+    return [
+        {"goal": "texts/s vs Embedder.encode on the same queries", "target": ">= 90%", "measured": f"{share:.0%}",
+         "met": share >= 0.9},
+        {"goal": "requests/s vs the unbatched server", "target": ">= 1.6x", "measured": f"{speedup:.2f}x",
+         "met": speedup >= 1.6},
+        {"goal": "p99 latency vs the unbatched server", "target": "no worse",
+         "measured": f"{a['p99_ms']:.1f} vs {b['p99_ms']:.1f} ms", "met": a["p99_ms"] <= b["p99_ms"]},
+    ]
+
+
+def machine() -> dict:
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    versions = {}
+    for d in ("e5-onnx", "onnxruntime", "tokenizers", "numpy", "starlette", "uvicorn", "h11", "httptools", "uvloop"):
+        try:
+            versions[d] = metadata.version(d)
+        except metadata.PackageNotFoundError:
+            versions[d] = None
+    return {"cpu": cpu, "cores_available": len(os.sched_getaffinity(0)), "python": platform.python_version(),
+            "versions": versions}
+
+
+def model_dir(name: str) -> Path:
+    if Path(name).is_dir():
+        return Path(name)
+    from .assets import export_dir
+
+    return export_dir(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="e5-small-arch", help="a benchmarks/assets.py model or an export directory")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=6.0, help="measured seconds per cell")
+    p.add_argument("--encode-texts", type=int, default=256, help="texts Embedder.encode embeds per workload")
+    p.add_argument("--warm", type=float, default=1.5, help="unmeasured seconds before each cell")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve.json"))
+    p.add_argument("--server-args", default="", help='more `e5-onnx serve` flags for both servers, e.g. "--threads 1"')
+    p.add_argument("--report", metavar="JSON", help="only print the tables of an earlier run's JSON")
+    args = p.parse_args(argv)
+    if args.report:  # re-render an earlier run's tables (.md beside its JSON)
+        write_md(json.loads(Path(args.report).read_text()), Path(args.report))
+        return 0
+    directory = model_dir(args.model)
+    reqs = workloads()
+    res = {"model": args.model, "model_dir": str(directory), "args": vars(args), "machine": machine(),
+           "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "loadavg": [os.getloadavg()],
+           "rounds": []}
+    for r in range(args.rounds):
+        print(f"round {r + 1}/{args.rounds} (load average {os.getloadavg()[0]:.1f})", file=sys.stderr)
+        res["rounds"].append({"encode": run_embedder(directory, reqs, args.encode_texts),
+                              "on": run_server(directory, "on", reqs, args),
+                              "off": run_server(directory, "off", reqs, args)})
+        res["loadavg"].append(os.getloadavg())
+    res["median"] = median_cells(res["rounds"])
+    res["goals"] = goals(res)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    write_md(res, out)
+    return 0
+
+
+def write_md(res: dict, out: Path) -> None:
+    a = res["args"]
+    text = (f"{res['started']}, {res['machine']['cpu']}, {res['machine']['cores_available']} cores, load average "
+            f"(1 min) before each round and at the end {[round(l[0], 1) for l in res['loadavg']]}; "
+            f"`python -m benchmarks.serve --model {a['model']} --rounds {a['rounds']} --seconds {a['seconds']:g}"
+            + (f" --server-args {shlex.quote(a['server_args'])}" if a.get("server_args") else "") + "`\n\n"
+            + markdown(res) + "\n")
+    out.with_suffix(".md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
