@@ -13,6 +13,8 @@ from typing import Iterator, Sequence
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
+from . import cut
+
 
 def window_overlap(max_length: int) -> int:
     """Tokens shared by consecutive windows of a long text: a quarter of the limit (128 of 512)."""
@@ -37,6 +39,7 @@ class TextTokenizer:
         self._tok = tokenizer
         self.max_length = max_length
         self.pad_id = pad_id
+        self._cuttable: bool | None = None  # cut.is_local, worked out when a text first needs it
 
     @classmethod
     def from_str(cls, tokenizer_json: str, max_length: int, pad_id: int) -> TextTokenizer:
@@ -48,8 +51,17 @@ class TextTokenizer:
         RSS and ~0.15 s to the load for the 17 MB XLM-R tokenizer.json."""
         return cls(Tokenizer.from_file(str(path)), max_length, pad_id)
 
-    def encode(self, texts: Sequence[str]) -> list[Encoding]:
-        return self._tok.encode_batch(list(texts), add_special_tokens=True)
+    def encode(self, texts: Sequence[str], *, head_only: bool = False) -> list[Encoding]:
+        """Encodings truncated at max_length. `head_only`: a huge text is first cut to a prefix that
+        provably gives the same encoding (cut.py), so it costs its first tokens, not its length;
+        `overflowing` then holds the prefix's rest only (still non-empty exactly when truncated)."""
+        texts = list(texts)
+        if head_only and any(len(t) > self.max_length * cut.CHARS_PER_TOKEN for t in texts):
+            if self._cuttable is None:
+                self._cuttable = cut.is_local(self._tok)
+            if self._cuttable:
+                texts = [cut.head(self._tok, t, self.max_length) for t in texts]
+        return self._tok.encode_batch(texts, add_special_tokens=True)
 
     def batches(
         self, texts: Sequence[str], batch_size: int, max_batch_tokens: int
