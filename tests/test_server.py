@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -457,6 +458,19 @@ def test_metrics_count_what_was_served(fp32_server):
         assert buckets == sorted(buckets) and buckets[-1] == count > 0
     for line in text.splitlines():  # Prometheus text format: comments or "name{labels} value"
         assert line.startswith("# ") or re.fullmatch(r"[a-z_][a-z0-9_]*(\{[^}]*\})? -?[0-9.e+-]+", line), line
+
+
+def test_export_failing_its_hash_check_stops_the_server_with_one_line(tiny, tmp_path):
+    """The manifest is read before binding; the files are hashed in the background load, whose
+    failure must end the process (exit 1, the reason on one line) rather than leave it serving 503s."""
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny, broken)
+    with open(broken / "tokenizer.json", "a") as f:
+        f.write(" ")
+    server = Server(broken, log=tmp_path / "log", wait=False)
+    assert server.proc.wait(120) == 1, server.logs()
+    errors = [line for line in server.logs().splitlines() if "e5-onnx serve: error:" in line]
+    assert len(errors) == 1 and "sha256 mismatch" in errors[0] and "Traceback" not in server.logs()
 
 
 def test_cli_errors_are_one_line(tmp_path):
