@@ -323,3 +323,15 @@ def test_cut_text_gives_exactly_the_whole_texts_encoding(real_tokenizers, text, 
     event(f"{name}: {'cut' if len(cut.head(tok._tok, text, max_length)) < len(text) else 'whole text'}")
     assert head.ids == whole.ids and head.attention_mask == whole.attention_mask
     assert bool(head.overflowing) == bool(whole.overflowing)
+
+
+def test_a_10_mb_text_embeds_as_its_head_through_the_public_api(tiny_exports):
+    """Embedder.encode and count_tokens take the cut path (benchmarks/huge_text.py: a 10 MB text
+    0.47 s / +6 MB instead of 107 s / +1.4 GB): same vector and count as a head that holds the
+    first max_length tokens, truncation reported."""
+    model = Embedder(tiny_exports["wordpiece-bert"], variant="fp32")
+    huge = "the quick brown fox jumps over the lazy dog " * 230_000  # 10.1 MB
+    head = huge[: model.max_length * 50]
+    np.testing.assert_allclose(model.encode([huge, "x"]), model.encode([head, "x"]), atol=1e-6)
+    counts = model.count_tokens([huge, head, "x"])
+    assert list(counts.tokens[:2]) == [model.max_length] * 2 and list(counts.over_limit) == [True, True, False]

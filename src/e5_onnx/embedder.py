@@ -96,7 +96,8 @@ class Embedder:
         """`encode`, plus the token counts of the same tokenisation (what `e5-onnx embed` reports)."""
         texts = _check_texts(texts)
         mode = self.long_text if long_text is None else check_mode(long_text)
-        encodings = self.tokenizer.encode(texts)
+        # truncate: a huge text costs its first tokens, not its length (cut.py); window needs them all
+        encodings = self.tokenizer.encode(texts, head_only=mode == "truncate")
         seqs, owner = sequences(encodings, mode)
         out = np.empty((len(seqs), self.dim), dtype=np.float32)
         for batch in self.tokenizer.batch_encodings(seqs, self.batch_size, self.max_batch_tokens):
@@ -132,7 +133,7 @@ class Embedder:
         """Tokens per text as the model would see them (after truncation, or summed over the
         windows), and which texts are over the model's limit."""
         mode = self.long_text if long_text is None else check_mode(long_text)
-        return counts(self.tokenizer.encode(_check_texts(texts)), mode)
+        return counts(self.tokenizer.encode(_check_texts(texts), head_only=mode == "truncate"), mode)
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Embed search queries (or both sides of a symmetric task): adds the `query: ` prefix."""
