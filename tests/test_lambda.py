@@ -330,6 +330,8 @@ def test_arm64_layer_bundle_has_only_aarch64_code(tiny_exports, wheels, tmp_path
     assert layer and set(layer.values()) == {"aarch64"}, {k: v for k, v in layer.items() if v != "aarch64"}
     assert any("onnxruntime_pybind11_state" in k for k in layer) and any("tokenizers" in k for k in layer)
     assert all(k.startswith("python/") for k in layer)  # Lambda puts /opt/python on sys.path
+    extensions = [k for k in layer if ".cpython-" in k]
+    assert extensions and all("cpython-312-aarch64-linux-gnu.so" in k for k in extensions), extensions
     assert zip_elves(b.function_zip, tmp_path / "function") == {}  # the function zip: handler + model only
     with zipfile.ZipFile(b.function_zip) as z:
         names = set(z.namelist())
