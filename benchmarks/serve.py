@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import random
+import re
 import shlex
 import socket
 import statistics
@@ -121,6 +122,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def batch_stats(port: int) -> tuple[float, float, float]:
+    """The server's session calls, texts and padded tokens so far (from /metrics)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        text = b"".join(iter(lambda: s.recv(65536), b"")).decode()
+
+    def value(name: str) -> float:
+        found = re.search(rf"^e5_onnx_{name} (\S+)$", text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    return value("batch_texts_count"), value("batch_texts_sum"), value("batch_padded_tokens_sum")
+
+
 def run_server(model_dir: Path, batching: str, reqs: dict, args) -> dict:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "e5_onnx.cli", "serve", "--model", str(model_dir), "--port", str(port),
@@ -142,9 +156,11 @@ def run_server(model_dir: Path, batching: str, reqs: dict, args) -> dict:
         for workload in WORKLOADS:
             requests = [(http_request(port, texts), len(texts)) for texts in reqs[workload]]
             for clients in CONCURRENCY:
-                cpu = cpu_seconds(proc.pid)
+                cpu, before = cpu_seconds(proc.pid), batch_stats(port)
                 cell = asyncio.run(load(port, requests, clients, args.warm, args.seconds))
                 cell["server_cpu_s"] = cpu_seconds(proc.pid) - cpu
+                calls, texts, padded = (a - b for a, b in zip(batch_stats(port), before))
+                cell.update(texts_per_call=texts / max(calls, 1), padded_tokens_per_text=padded / max(texts, 1))
                 out[f"{workload}/{clients}"] = cell
                 print(f"  batching {batching:3} {workload:6} x{clients:<4} {cell['requests_per_s']:7.1f} req/s "
                       f"{cell['texts_per_s']:7.1f} texts/s p50 {cell['p50_ms']:7.1f} ms p99 {cell['p99_ms']:7.1f} ms",
@@ -167,7 +183,11 @@ def run_embedder(model_dir: Path, reqs: dict, n_texts: int) -> dict:
         model.encode(texts[:64])
         start = time.perf_counter()
         model.encode(texts)
-        out[workload] = {"texts_per_s": len(texts) / (time.perf_counter() - start), "texts": len(texts)}
+        seconds = time.perf_counter() - start
+        batches = list(model.tokenizer.batches(texts, model.batch_size, model.max_batch_tokens))
+        out[workload] = {"texts_per_s": len(texts) / seconds, "texts": len(texts),
+                         "texts_per_call": len(texts) / len(batches),
+                         "padded_tokens_per_text": sum(b.input_ids.size for b in batches) / len(texts)}
     singles = [r[0] for r in reqs["query"][:300]]
     times = []
     for q in singles:
@@ -199,6 +219,10 @@ def ratio(a: float, b: float, fmt: str) -> str:
     return format(a / b, fmt) + ("x" if fmt.endswith("f") else "") if a and b and a == a and b == b else "–"
 
 
+def pad(cell: dict) -> str:
+    return f"{cell['texts_per_call']:.1f}, {cell['padded_tokens_per_text']:.0f}" if "texts_per_call" in cell else "–"
+
+
 def ms(cell: dict) -> str:
     """p50 / p99, or a dash when no request both started and ended inside the measured window."""
     return f"{cell['p50_ms']:.1f} / {cell['p99_ms']:.1f}" if cell["requests"] else "–"
@@ -207,17 +231,18 @@ def ms(cell: dict) -> str:
 def markdown(res: dict) -> str:
     on, off, enc = res["median"]["on"], res["median"]["off"], res["median"]["encode"]
     lines = ["| workload | clients | batched req/s | p50 / p99 ms | unbatched req/s | p50 / p99 ms | "
-             "batched / unbatched req/s | batched texts/s / Embedder.encode |", "|---|---|---|---|---|---|---|---|"]
+             "batched / unbatched req/s | batched texts/s / Embedder.encode | batched: texts per call, padded "
+             "tokens per text |", "|---|---|---|---|---|---|---|---|---|"]
     for workload in WORKLOADS:
         for clients in CONCURRENCY:
             a, b = on[f"{workload}/{clients}"], off[f"{workload}/{clients}"]
             lines.append(f"| {'single query' if workload == 'query' else 'mixed 1-16 texts'} | {clients} | "
                          f"{a['requests_per_s']:.1f} | {ms(a)} | {b['requests_per_s']:.1f} | "
                          f"{ms(b)} | {ratio(a['requests_per_s'], b['requests_per_s'], '.2f')} | "
-                         f"{ratio(a['texts_per_s'], enc[workload]['texts_per_s'], '.0%')} |")
+                         f"{ratio(a['texts_per_s'], enc[workload]['texts_per_s'], '.0%')} | {pad(a)} |")
     lines.append(f"| Embedder.encode, no HTTP | | queries {enc['query']['texts_per_s']:.0f} texts/s, mixed "
                  f"{enc['mixed']['texts_per_s']:.0f} texts/s | one query at a time {enc['query_single']['p50_ms']:.1f} / "
-                 f"{enc['query_single']['p99_ms']:.1f} | | | | |")
+                 f"{enc['query_single']['p99_ms']:.1f} | | | | | queries {pad(enc['query'])}, mixed {pad(enc['mixed'])} |")
     lines += ["", "| goal at 32 single-query clients | target | measured | met |", "|---|---|---|---|"]
     for g in res["goals"]:
         lines.append(f"| {g['goal']} | {g['target']} | {g['measured']} | {'yes' if g['met'] else 'no'} |")
