@@ -77,14 +77,17 @@ def test_minilm_limit_comes_from_its_sentence_transformers_config(minilm_export)
     assert manifest["max_length_limits"]["position_table"] == 512
 
 
-def test_int8_and_fp32_match_torch_on_real_data_beyond_the_probes(real_export):
+@pytest.mark.parametrize("name", ["minilm", "me5"])
+def test_int8_and_fp32_match_torch_on_real_data_beyond_the_probes(name, request):
     """An independent torch run in the test itself, on STSb sentences and SciFact abstracts."""
+    real_export = request.getfixturevalue(f"{name}_export")
+    source_dir = request.getfixturevalue(f"{name}_source")  # what torch loads: the export's own source
     from benchmarks.data import scifact_passages, stsb
     from tests.test_export import torch_reference
 
     manifest = json.loads((real_export / "manifest.json").read_text())
     texts = ["query: " + s1 for s1, _, _ in stsb("en")[:24]] + ["passage: " + p for p in scifact_passages()[:16]]
-    ref = torch_reference(manifest["source"]["path"], texts, manifest["max_length"])
+    ref = torch_reference(source_dir, texts, manifest["max_length"])
     fp32 = np.sum(ref * Embedder(real_export, variant="fp32").encode(texts), axis=1)
     int8 = np.sum(ref * Embedder(real_export).encode(texts), axis=1)
     assert fp32.min() >= FP32_MIN_COSINE
