@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -110,10 +111,11 @@ def run_job(args: argparse.Namespace) -> int:
             raise ValueError(f"with --ray the output is a directory of Parquet files; {out} exists and is not an empty directory")
         if not out.parent.is_dir():
             raise OSError(f"cannot write output {out}: directory {out.parent} does not exist")
+    start = time.monotonic()
     ray.init(address=args.ray or None, log_to_driver=False, logging_level="ERROR")
     if not args.progress:  # Ray Data's own progress bars and INFO lines; the summary line stays
         ray.data.DataContext.get_current().enable_progress_bars = False
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
     try:
         ds = read_parquet(args.input)
         names = ds.schema().names
@@ -129,6 +131,8 @@ def run_job(args: argparse.Namespace) -> int:
         rows = pa.parquet.ParquetDataset(args.output).read(columns=[]).num_rows if local_out else "?"
     finally:
         ray.shutdown()
-    print(f"embedded {rows} texts -> {args.output} (Parquet, {actors} actors x {args.cpus_per_actor} CPUs)",
-          file=sys.stderr)
+    seconds = time.monotonic() - start
+    rate = f", {rows / seconds:,.1f} texts/s" if isinstance(rows, int) else ""
+    print(f"embedded {rows} texts -> {args.output} (Parquet, {actors} actors x {args.cpus_per_actor} CPUs) "
+          f"in {seconds:.1f} s incl. the cluster's start{rate}", file=sys.stderr)
     return 0
