@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from .embedder import Embedder
-from .embeddings_api import EmbeddingsRequest, RequestError, embeddings_response, parse_request
 from .manifest import ModelDirError
+from .openai_api import ApiError, parse_embeddings_request, parse_json, render_embeddings
 from .session import available_cores
 
 MODEL_DIRNAME = "e5-onnx-model"  # where `e5-onnx bundle lambda` puts the model, beside e5_onnx/
@@ -67,12 +67,14 @@ EMBEDDER = Embedder(model_dir(), threads=_positive_env("E5_ONNX_THREADS", availa
 MODEL_NAME = model_name(EMBEDDER)
 
 
-def embed(request: EmbeddingsRequest) -> dict:
-    prefix = {"query": EMBEDDER.query_prefix, "passage": EMBEDDER.passage_prefix}.get(request.input_type or "", "")
-    texts = [prefix + t for t in request.texts]
+def respond(payload: Any) -> bytes:
+    """The OpenAI response body for a decoded request; ApiError for a bad one."""
+    request = parse_embeddings_request(payload, dim=EMBEDDER.dim, max_inputs=MAX_TEXTS,
+                                       inputs_setting="E5_ONNX_MAX_TEXTS",
+                                       prefixes={"query": EMBEDDER.query_prefix, "passage": EMBEDDER.passage_prefix})
+    texts = request.texts
     tokens = sum(len(e.ids) for e in EMBEDDER.tokenizer.encode(texts))  # after truncation, with specials
-    return embeddings_response(EMBEDDER.encode(texts), model=MODEL_NAME, prompt_tokens=tokens,
-                               encoding_format=request.encoding_format)
+    return render_embeddings(EMBEDDER.encode(texts), request.encoding_format, MODEL_NAME, tokens)
 
 
 def is_http_event(event: Any) -> bool:
@@ -88,34 +90,29 @@ def http_method(event: dict) -> str:
 
 
 def http_body(event: dict) -> Any:
-    """The decoded JSON body of an HTTP event; RequestError for a missing, non-base64, non-UTF-8 or non-JSON one."""
+    """The decoded JSON body of an HTTP event; ApiError for a missing, non-base64, non-UTF-8 or non-JSON one."""
     body = event.get("body")
     if body is None or body == "":
-        raise RequestError("the request has no body: POST a JSON object with 'input'")
+        raise ApiError(400, "the request has no body: POST a JSON object with 'input'", code="invalid_json")
     if not isinstance(body, str):
-        raise RequestError("the event's body must be a string")
+        raise ApiError(400, "the event's body must be a string", code="invalid_json")
     if event.get("isBase64Encoded"):
         try:
             raw = base64.b64decode(body, validate=True)
         except (binascii.Error, ValueError):
-            raise RequestError("the body is marked isBase64Encoded but is not valid base64") from None
+            raise ApiError(400, "the body is marked isBase64Encoded but is not valid base64",
+                           code="invalid_json") from None
         try:
-            body = raw.decode("utf-8")
+            body = raw.decode("utf-8")  # not parse_json's BOM sniffing: Lambda bodies are UTF-8
         except UnicodeDecodeError as bad:
-            raise RequestError(f"the body is not UTF-8 text (byte {bad.start})") from None
-    try:
-        return json.loads(body)
-    except json.JSONDecodeError as bad:
-        raise RequestError(f"the body is not valid JSON: {bad.msg} at line {bad.lineno} column {bad.colno}") from None
+            raise ApiError(400, f"the body is not UTF-8 text (byte {bad.start})", code="invalid_json") from None
+    return parse_json(body)
 
 
-def respond(payload: Any) -> dict:
-    return embed(parse_request(payload, max_texts=MAX_TEXTS, dim=EMBEDDER.dim))
-
-
-def http_response(status: int, body: dict, headers: dict | None = None) -> dict:
-    return {"statusCode": status, "headers": {**JSON_HEADERS, **(headers or {})},
-            "body": json.dumps(body, ensure_ascii=False, separators=(",", ":")), "isBase64Encoded": False}
+def http_response(status: int, body: dict | bytes, headers: dict | None = None) -> dict:
+    text = body.decode() if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    return {"statusCode": status, "headers": {**JSON_HEADERS, **(headers or {})}, "body": text,
+            "isBase64Encoded": False}
 
 
 def handler(event: Any, context: Any = None) -> dict:
@@ -123,16 +120,16 @@ def handler(event: Any, context: Any = None) -> dict:
     http = is_http_event(event)
     try:
         if not http:
-            return respond(event)
+            return json.loads(respond(event))
         method = http_method(event).upper()
         if method not in ("POST", ""):
-            error = RequestError(f"method {method} not allowed: POST a JSON object with 'input'")
+            error = ApiError(405, f"method {method} not allowed: POST a JSON object with 'input'",
+                             code="method_not_allowed")
             return http_response(405, error.body(), {"Allow": "POST"})
         return http_response(200, respond(http_body(event)))
-    except RequestError as error:
+    except ApiError as error:  # every bad request is a 400 here, limits too (the server answers those 422)
         return http_response(400, error.body()) if http else error.body()
     except Exception as error:  # a bug, not the caller's fault: log the trace for CloudWatch, answer 500 without it
         traceback.print_exc(file=sys.stderr)
-        body = {"error": {"message": f"internal error: {type(error).__name__}", "type": "server_error",
-                          "param": None, "code": None}}
+        body = ApiError(500, f"internal error: {type(error).__name__}").body()
         return http_response(500, body) if http else body

@@ -1,7 +1,9 @@
 """The OpenAI embeddings protocol: request validation, the response body, the error object.
 
-Kept apart from the server so the rules a request must follow read in one place. Every bad
-request becomes an ApiError naming the field (`param`) and what is wrong with it.
+One reading of `{"input", "input_type", "encoding_format", "dimensions", "model", "user"}` and one
+answer shape for every transport (server.py over HTTP, aws_lambda.py for Lambda events); no web
+framework here, only the standard library and numpy, so the Lambda bundle carries it as is.
+Every bad request becomes an ApiError naming the field (`param`) and what is wrong with it.
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import base64
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +21,8 @@ FORMATS = ("float", "base64")
 
 
 class ApiError(Exception):
-    """An HTTP error with an OpenAI-style body: {"error": {"message", "type", "param", "code"}}."""
+    """An error the caller gets as OpenAI's object {"error": {"message", "type", "param", "code"}},
+    with the HTTP status (and headers) a transport answers it with."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
                  type_: str | None = None, headers: dict[str, str] | None = None) -> None:
@@ -27,14 +31,12 @@ class ApiError(Exception):
         self.type = type_ or _ERROR_TYPE.get(status, "invalid_request_error")
         self.headers = headers or {}
 
-    def response(self):
-        from starlette.responses import JSONResponse
-
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
-def parse_json(body: bytes) -> object:
+def parse_json(body: bytes | str) -> object:
+    """A request body as JSON; ApiError 400 for invalid UTF-8 (bytes) or invalid JSON."""
     try:
         return json.loads(body)  # bytes: UTF-8 (or -16/-32 with a BOM), invalid UTF-8 is a ValueError
     except UnicodeDecodeError as error:
@@ -49,11 +51,17 @@ def parse_json(body: bytes) -> object:
 @dataclass(frozen=True)
 class EmbeddingsRequest:
     texts: list[str]  # prefixes already added
-    encoding_format: str
+    encoding_format: str  # "float" | "base64"
 
 
 def _bad(param: str, message: str) -> ApiError:
     return ApiError(400, message, param=param, code="invalid_value")
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _optional(payload: dict, name: str, kind: type | tuple, label: str):
@@ -63,56 +71,67 @@ def _optional(payload: dict, name: str, kind: type | tuple, label: str):
     return value
 
 
-def parse_embeddings_request(payload: object, *, dim: int, max_inputs: int, max_chars: int,
-                             prefixes: dict[str, str]) -> EmbeddingsRequest:
-    """Check an /v1/embeddings body against OpenAI's schema and this server's limits."""
+def parse_embeddings_request(payload: object, *, dim: int, prefixes: dict[str, str], max_inputs: int,
+                             max_chars: int | None = None,
+                             inputs_setting: str = "E5_ONNX_MAX_INPUTS") -> EmbeddingsRequest:
+    """Check a decoded embeddings request against OpenAI's schema and this deployment's limits.
+
+    `prefixes` maps each accepted `input_type` to the E5 prefix it adds; `dimensions`, if given,
+    must equal `dim`; `max_chars=None` leaves the length of a text to the tokenizer's truncation.
+    `inputs_setting` is the setting an over-long `input` is told to raise."""
     if not isinstance(payload, dict):
-        raise ApiError(400, f"the body must be a JSON object, not {type(payload).__name__}", code="invalid_json")
+        raise ApiError(400, f"the request must be a JSON object, not {_json_type(payload)}", code="invalid_json")
     if "input" not in payload:
-        raise _bad("input", "'input' is required: a string or a list of strings")
+        raise _bad("input", "missing 'input': 'input' is required, a string or a list of strings")
     texts = payload["input"]
     if isinstance(texts, str):
         texts = [texts]
     if not isinstance(texts, list):
-        raise _bad("input", f"'input' must be a string or a list of strings, not {type(texts).__name__}")
+        raise _bad("input", f"'input' is {_json_type(texts)}: send a string or a list of strings")
     if not texts:
         raise _bad("input", "'input' is an empty list: send at least one string")
     if len(texts) > max_inputs:
         raise ApiError(422, f"'input' holds {len(texts)} strings; at most {max_inputs} are accepted per request "
-                       "(E5_ONNX_MAX_INPUTS)", param="input", code="too_many_inputs")
+                       f"({inputs_setting})", param="input", code="too_many_inputs")
     for i, text in enumerate(texts):
         if not isinstance(text, str):
-            hint = " (token arrays are not supported: send text)" if isinstance(text, (int, list)) else ""
-            raise _bad("input", f"input[{i}] is {type(text).__name__}, not a string{hint}")
-        if len(text) > max_chars:
+            hint = "; token arrays are not supported: send text" if isinstance(text, (int, list)) else ""
+            raise _bad("input", f"input[{i}] is {_json_type(text)}, not a string "
+                       f"(input[{i}] is {type(text).__name__} once decoded{hint})")
+        if max_chars is not None and len(text) > max_chars:
             raise ApiError(422, f"input[{i}] has {len(text)} characters; at most {max_chars} are accepted "
                            "(E5_ONNX_MAX_CHARS)", param="input", code="input_too_long")
         bad = _SURROGATE.search(text)
         if bad:
             raise _bad("input", f"input[{i}] holds a lone surrogate U+{ord(bad.group()):04X} at character "
-                       f"{bad.start()}, which is not valid Unicode text")
-    _optional(payload, "model", str, "a string")
+                       f"{bad.start()}, which is not valid Unicode text (input[{i}] holds an unpaired "
+                       "UTF-16 surrogate escape)")
+    _optional(payload, "model", str, "a string")  # one model per deployment: any name is answered by it
     _optional(payload, "user", str, "a string")
     dimensions = _optional(payload, "dimensions", int, "an integer")
     if dimensions is not None and dimensions != dim:
-        raise _bad("dimensions", f"'dimensions' is {dimensions}, but this model's vectors have {dim}; E5 vectors "
-                   f"cannot be shortened (they are not Matryoshka-trained): omit it or send {dim}")
-    fmt = _optional(payload, "encoding_format", str, "a string") or "float"
-    if fmt not in FORMATS:
-        raise _bad("encoding_format", f"'encoding_format' is {fmt!r}; choose one of {FORMATS}")
-    input_type = _optional(payload, "input_type", str, "a string")
+        raise _bad("dimensions", f"'dimensions' is {dimensions}, but this model outputs {dim}; E5 vectors cannot "
+                   f"be shortened (they are not Matryoshka-trained): omit it or send {dim}")
+    fmt = payload.get("encoding_format")
+    fmt = "float" if fmt is None or fmt == "" else fmt
+    if not isinstance(fmt, str) or fmt not in FORMATS:
+        raise _bad("encoding_format", f"unknown encoding_format {fmt!r}: choose one of {FORMATS}")
+    input_type = payload.get("input_type")
     if input_type is not None:
-        if input_type not in prefixes:
-            raise _bad("input_type", f"'input_type' is {input_type!r}; choose one of {tuple(prefixes)} or omit it")
+        if not isinstance(input_type, str) or input_type not in prefixes:
+            raise _bad("input_type", f"unknown input_type {input_type!r}: choose one of {tuple(prefixes)} "
+                       "or omit 'input_type'")
         texts = [prefixes[input_type] + t for t in texts]
     return EmbeddingsRequest(texts=texts, encoding_format=fmt)
 
 
-def render_embeddings(vectors: np.ndarray, fmt: str, model: str, tokens: int, truncated: int) -> bytes:
-    """The response body. Floats are written with 9 significant digits, which give back every
-    float32 exactly and cost a quarter of json.dumps's 17-digit repr (63 vs 231 us per 384-dim
-    row): at one query per request that was most of the server's time. base64 is the
-    little-endian float32 bytes, as OpenAI sends them."""
+def render_embeddings(vectors: np.ndarray, fmt: str, model: str, tokens: int, truncated: int | None = None) -> bytes:
+    """The response body as JSON bytes; `usage.truncated_texts` only where the caller counts it.
+
+    Floats are written with 9 significant digits, which give back every float32 exactly and cost
+    a quarter of json.dumps's 17-digit repr (63 vs 231 us per 384-dim row): at one query per
+    request that was most of the server's time. base64 is the little-endian float32 bytes, as
+    OpenAI sends them."""
     if not np.isfinite(vectors).all():
         raise ValueError("the model produced non-finite values")
     if fmt == "base64":
@@ -121,6 +140,8 @@ def render_embeddings(vectors: np.ndarray, fmt: str, model: str, tokens: int, tr
         row = "[" + ",".join(["%.9g"] * vectors.shape[1]) + "]"
         rows = [row % tuple(v) for v in vectors.tolist()]
     data = ",".join(f'{{"object":"embedding","index":{i},"embedding":{r}}}' for i, r in enumerate(rows))
-    usage = {"prompt_tokens": tokens, "total_tokens": tokens, "truncated_texts": truncated}
+    usage: dict[str, int] = {"prompt_tokens": tokens, "total_tokens": tokens}
+    if truncated is not None:
+        usage["truncated_texts"] = truncated
     return (f'{{"object":"list","data":[{data}],"model":{json.dumps(model)},'
             f'"usage":{json.dumps(usage, separators=(",", ":"))}}}').encode()

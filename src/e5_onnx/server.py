@@ -237,8 +237,12 @@ async def metrics(request: Request) -> Response:
 
 # ---------------------------------------------------------------- errors, auth, request metrics
 
+def _json_error(error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
 async def api_error(request: Request, error: ApiError) -> Response:
-    return error.response()
+    return _json_error(error)
 
 
 async def http_error(request: Request, error: HTTPException) -> Response:
@@ -246,13 +250,13 @@ async def http_error(request: Request, error: HTTPException) -> Response:
         message = f"{request.method} is not allowed on {request.url.path}"
     else:
         message = f"no route {request.url.path}; routes: {', '.join(ROUTES)}"
-    return ApiError(error.status_code, message, code="method_not_allowed" if error.status_code == 405
-                    else "not_found", headers=error.headers).response()
+    return _json_error(ApiError(error.status_code, message, code="method_not_allowed" if error.status_code == 405
+                               else "not_found", headers=error.headers))
 
 
 async def internal_error(request: Request, error: Exception) -> Response:
     log.exception("internal error on %s", request.url.path)
-    return ApiError(500, "internal error (logged by the server)", type_="server_error").response()
+    return _json_error(ApiError(500, "internal error (logged by the server)", type_="server_error"))
 
 
 class Guard:
@@ -279,7 +283,7 @@ class Guard:
             error = ApiError(401, "missing or wrong API key: send Authorization: Bearer <E5_ONNX_API_KEY>",
                              type_="authentication_error", code="invalid_api_key",
                              headers={"WWW-Authenticate": "Bearer"})
-            await error.response()(scope, receive, send_and_note)
+            await _json_error(error)(scope, receive, send_and_note)
         else:
             await self.app(scope, receive, send_and_note)
         route = path if path in ROUTES else "other"
