@@ -28,7 +28,6 @@ import argparse
 import hashlib
 import inspect
 import json
-import logging
 import math
 import os
 import platform
@@ -46,10 +45,12 @@ from scipy.stats import spearmanr
 from e5_onnx import Embedder
 from e5_onnx.manifest import data_file, sha256_file
 
-from export import calibration, convert, smooth
+from export import actquant, convert, smooth
 
 from .assets import export_dir, source_dir, work_dir
-from .data import ROOT, STSB_LANGS, scifact, shared_dir, stsb, tatoeba
+from .data import ROOT, STSB_LANGS, scifact, stsb, tatoeba
+from .recipes import (RECIPES, TextReader, calibration_texts, export_calibration, export_recipe, export_texts,
+                      quantize_recipe)
 
 MODELS = ("minilm", "me5")
 TATOEBA_LANGS = ("deu", "fra", "spa", "rus", "cmn", "jpn", "ara", "hin", "kor", "tur", "swh", "ell", "heb", "vie", "ind")
@@ -62,48 +63,6 @@ GOALS = {
     "int8": {"sts_drop": 0.3, "retrieval_drop": 0.3, "bitext_drop": 0.5, "cosine_mean": 0.995, "cosine_min": 0.98},
     "fp32": {"metric_diff": 0.01, "cosine_min": 0.99999},
 }
-
-# INT8 recipes, all starting from the export's optimised fp32 model.onnx (fusions as the exporter
-# makes them; with MultiHeadAttention fusion the Q/K/V projections are plain MatMuls, so there is no
-# "Attention" op to quantize and matmul-attn-pc builds the same file as matmul-pc):
-# - dynamic: quantize_dynamic (QInt8 weights, uint8 activations quantized per tensor per batch at run
-#   time); pc / pt = per-channel / per-tensor weights; "exclude" keeps FFN output MatMuls (the ones
-#   fed by the GELU) in fp32;
-# - export: export/convert.quantize with convert.QUANTIZATION, changed only in which MatMul groups
-#   (convert.matmul_groups) are blockwise MatMulNBits ("matmuls"; accuracy level 4 computes in
-#   int8 with activations quantized per block of each row, much finer than dynamic's one scale per
-#   tensor), the block size, or which ops are then quantized dynamically ("dynamic_op_types":
-#   without EmbedLayerNormalization the embedding tables stay fp32), and the SmoothQuant alpha for
-#   the MatMuls left dynamic ("smooth", export/smooth.py, calibrated on export/calibration.py's
-#   texts as the exporter does; recipes without it are not smoothed);
-# - static: quantize_static, QDQ, activation ranges calibrated on 200 texts never evaluated.
-ALL_MATMULS = ["ffn_in", "ffn_out", "attention"]
-RECIPES: dict[str, dict | None] = {
-    "default": None,  # the export's own model_int8.onnx
-    "matmul-pc": {"op_types": ["MatMul"], "per_channel": True},
-    "matmul-attn-pc": {"op_types": ["MatMul", "Attention"], "per_channel": True},
-    "all-pc": {"op_types": ["MatMul", "Attention", "EmbedLayerNormalization"], "per_channel": True},
-    "matmul-pt": {"op_types": ["MatMul"], "per_channel": False},
-    "matmul-pc-rr": {"op_types": ["MatMul"], "per_channel": True, "reduce_range": True},
-    "exclude-last-ffn": {"op_types": ["MatMul"], "per_channel": True, "exclude": "last-2-ffn-out"},
-    "exclude-ffn-out": {"op_types": ["MatMul"], "per_channel": True, "exclude": "all-ffn-out"},
-    "nbits8-b32": {"method": "export", "matmuls": ALL_MATMULS, "block_size": 32, "dynamic_op_types": ["MatMul"]},
-    "nbits8-b128": {"method": "export", "matmuls": ALL_MATMULS, "block_size": 128, "dynamic_op_types": ["MatMul"]},
-    "nbits8-b32-emb": {"method": "export", "matmuls": ALL_MATMULS, "block_size": 32},
-    "export-ffn-out": {"method": "export", "matmuls": ["ffn_out"], "block_size": 128},  # the default of the first MultiHeadAttention recipe
-    "export-ffn-out-attn": {"method": "export", "matmuls": ["ffn_out", "attention"], "block_size": 128},
-    "export-ffn": {"method": "export", "matmuls": ["ffn_in", "ffn_out"], "block_size": 128},
-    "export-all-blockwise": {"method": "export", "matmuls": ALL_MATMULS, "block_size": 128},  # the issue-4 default
-    "export-ffn-b32": {"method": "export", "matmuls": ["ffn_in", "ffn_out"], "block_size": 32},
-    "smooth-dyn-a05": {"method": "export", "matmuls": [], "smooth": 0.5},
-    "smooth-dyn-a07": {"method": "export", "matmuls": [], "smooth": 0.7},
-    "smooth-dyn-a09": {"method": "export", "matmuls": [], "smooth": 0.9},
-    "smooth-a07-ffn-out-b128": {"method": "export", "matmuls": ["ffn_out"], "block_size": 128, "smooth": 0.7},
-    "smooth-a07-ffn-out": {"method": "export", "matmuls": ["ffn_out"], "block_size": 256, "smooth": 0.7},  # = default
-    "static-qdq": {"method": "static", "op_types": ["MatMul"], "per_channel": True, "calibrate": "MinMax"},
-    "static-qdq-pct": {"method": "static", "op_types": ["MatMul"], "per_channel": True, "calibrate": "Percentile"},
-}
-
 
 def cache_dir() -> Path:
     d = work_dir() / "fidelity-cache"
@@ -335,133 +294,12 @@ def cosine_stats(reference: list[np.ndarray], candidate: list[np.ndarray], texts
 # ---------------------------------------------------------------------------------------------
 # INT8 recipes: each an e5-onnx model directory holding one alternative model_int8.onnx
 
-def calibration_texts(model: str, n: int = 200) -> list[str]:
-    """Texts that are never evaluated: SciFact *train* queries and STSb *dev* sentences."""
-    base = shared_dir() / "data" / "scifact"
-    train = {line.split("\t")[0] for line in (base / "qrels" / "train.tsv").read_text().splitlines()[1:]}
-    with open(base / "queries.jsonl", encoding="utf-8") as f:
-        queries = [q["text"] for q in map(json.loads, f) if q["_id"] in train]
-    langs = ("en",) if model == "minilm" else STSB_LANGS
-    half = n // 2
-    per = -(-(n - half) // len(langs))  # a different slice of dev rows per language
-    dev = [row[0] for i, lang in enumerate(langs) for row in stsb(lang, "dev")[i * per : (i + 1) * per]]
-    return [QUERY + q for q in queries[:half]] + [QUERY + s for s in dev[: n - half]]
-
-
 def speed_texts(model: str) -> list[str]:
     """128 mixed lengths: 64 short sentences, 32 queries, 32 long abstracts."""
     corpus, _, _ = scifact()
     docs = [PASSAGE + f"{d['title']} {d['text']}" for d in list(corpus.values())[:: len(corpus) // 32][:32]]
     cal = calibration_texts(model, 200)
     return cal[100:164] + cal[:32] + docs
-
-
-def export_recipe(recipe: dict) -> dict:
-    """convert.QUANTIZATION with the blockwise MatMul groups / block size / dynamic ops of `recipe`."""
-    q = json.loads(json.dumps(convert.QUANTIZATION))
-    q["blockwise"].update({k: recipe[k] for k in ("matmuls", "block_size") if k in recipe})
-    q["smooth"] = {"alpha": recipe["smooth"]} if recipe.get("smooth") else None  # older recipes: none
-    if "dynamic_op_types" in recipe:
-        q["dynamic"]["op_types"] = recipe["dynamic_op_types"]
-    return q
-
-
-def export_texts() -> list[str]:
-    return calibration.calibration_texts(QUERY, PASSAGE)
-
-
-def export_calibration(fp32: Path) -> list[dict]:
-    """The exporter's own smoothing calibration (export/calibration.py), as export/build.py feeds it."""
-    import onnx
-    from tokenizers import Tokenizer
-
-    inputs = [i.name for i in onnx.load(str(fp32), load_external_data=False).graph.input]
-    return smooth.calibration_feeds(Tokenizer.from_file(str(fp32.parent / "tokenizer.json")), export_texts(), inputs)
-
-
-class TextReader:
-    """CalibrationDataReader: one text per feed, all padded to one width (the histogram
-    calibrators stack feeds, so shapes must agree); padding is masked as at run time."""
-
-    def __init__(self, model_dir: Path, texts: list[str], input_names: list[str]) -> None:
-        from e5_onnx.tokenize import TextTokenizer
-
-        manifest = json.loads((model_dir / "manifest.json").read_text())
-        tok = TextTokenizer.from_file(model_dir / "tokenizer.json", manifest["max_length"], manifest["pad_token_id"])
-        encodings = tok.encode(texts)
-        width = max(len(e.ids) for e in encodings)
-        self.feeds = []
-        for enc in encodings:
-            ids = np.full((1, width), manifest["pad_token_id"], dtype=np.int64)
-            mask = np.zeros((1, width), dtype=np.int64)
-            ids[0, : len(enc.ids)], mask[0, : len(enc.ids)] = enc.ids, 1
-            feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-            self.feeds.append({k: v for k, v in feed.items() if k in input_names})
-        self.it = iter(self.feeds)
-
-    def get_next(self):
-        return next(self.it, None)
-
-    def rewind(self):
-        self.it = iter(self.feeds)
-
-
-def quantize_recipe(model: str, fp32: Path, out: Path, recipe: dict) -> dict:
-    """Write the INT8 file for `recipe`; returns what was done (graph used, nodes excluded)."""
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
-
-    logging.getLogger().setLevel(logging.ERROR)  # the quantizers' advice to pre-process, once per tensor
-    done: dict = {"graph": "fused (export model.onnx)"}
-    exclude = []
-    if recipe.get("exclude"):
-        names = convert.matmul_groups(onnx.load(str(fp32), load_external_data=False).graph)["ffn_out"]
-        exclude = names[-2:] if recipe["exclude"] == "last-2-ffn-out" else names
-        done["nodes_excluded"] = exclude
-    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}  # fused com.microsoft ops defeat shape inference
-    method = recipe.get("method", "dynamic")
-    if method == "export":
-        effective = export_recipe(recipe)
-        convert.quantize(fp32, out, effective, calibration=export_calibration(fp32))
-        done["quantization"] = effective
-        return done
-    if method == "dynamic":
-        quantize_dynamic(str(fp32), str(out), op_types_to_quantize=recipe["op_types"], per_channel=recipe["per_channel"],
-                         reduce_range=recipe.get("reduce_range", False), weight_type=QuantType.QInt8,
-                         nodes_to_exclude=exclude, extra_options=extra)
-        return done
-
-    def static(graph: Path) -> None:
-        # quantize_static only quantizes activations whose type it knows; onnx shape inference stops
-        # at the fused com.microsoft ops, onnxruntime's symbolic shape inference does not.
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        typed = out.parent / "typed.onnx"
-        onnx.save(SymbolicShapeInference.infer_shapes(onnx.load(str(graph)), auto_merge=True), str(typed))
-        inputs = [i.name for i in onnx.load(str(typed), load_external_data=False).graph.input]
-        reader = TextReader(fp32.parent, calibration_texts(model), inputs)
-        quantize_static(str(typed), str(out), reader, quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=recipe["op_types"], per_channel=recipe["per_channel"],
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-                        calibrate_method=CalibrationMethod[recipe["calibrate"]], extra_options=extra)
-        typed.unlink()
-        ops = [n.op_type for n in onnx.load(str(out), load_external_data=False).graph.node]
-        if "QuantizeLinear" not in ops:
-            raise RuntimeError("no activation was quantized (weights only)")
-
-    try:
-        static(fp32)
-    except Exception as error:  # noqa: BLE001 - record why, then retry on an un-fused graph
-        done["fused_error"] = f"{type(error).__name__}: {str(error)[:300]}"
-        log(f"    quantize_static on the fused graph failed ({done['fused_error'][:120]}); retrying un-fused")
-        from transformers import AutoModel
-
-        raw = out.parent / "raw"
-        convert.export_onnx(AutoModel.from_pretrained(source_dir(model), attn_implementation="eager").eval(), raw)
-        static(raw / "model.onnx")
-        shutil.rmtree(raw)
-        done["graph"] = "un-fused (optimum export of source_dir)"
-    return done
 
 
 def recipe_variant(model: str, export: Path, name: str) -> Variant:
@@ -476,7 +314,8 @@ def recipe_variant(model: str, export: Path, name: str) -> Variant:
     builder = [inspect.getsource(quantize_recipe), inspect.getsource(TextReader)]
     if recipe.get("method") == "export":
         builder += [json.dumps(export_recipe(recipe)), inspect.getsource(convert.quantize)]
-        builder += [inspect.getsource(smooth), inspect.getsource(export_calibration), *export_texts()]
+        builder += [inspect.getsource(smooth), inspect.getsource(actquant), inspect.getsource(export_calibration),
+                    *export_texts()]
     key = short_hash(json.dumps(recipe, sort_keys=True), manifest["files"]["model.onnx"]["sha256"],
                      weights_sha256(manifest, "model.onnx"),
                      version("onnxruntime"), calib, *builder)

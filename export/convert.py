@@ -14,39 +14,42 @@ from optimum.exporters.onnx import onnx_export_from_model
 
 from e5_onnx.manifest import data_file
 
+from . import actquant
 from . import smooth as smoothquant
 
 OPSET = 18
 
-# The INT8 recipe, chosen by measurement; README "INT8 recipe" has the tables and commands.
+# The INT8 recipe, chosen by measurement; README "INT8 recipe" and benchmarks/README.md have the
+# tables and commands.
 # - Attention is fused as MultiHeadAttention, leaving the Q/K/V projections as plain MatMuls
 #   that quantize like every other MatMul: 1.59x the batch throughput of the first recipe
 #   (MatMul-only with a fused fp32 Attention, whose QKV projection stayed fp32).
-# - Q/K/V, attention output and FFN in: SmoothQuant (smooth.py, alpha 0.7, calibrated on
-#   calibration.py's texts), then dynamic INT8 (QOperator, s8 weights per channel, u8
-#   activations with one scale per tensor). onnxruntime's MatMulInteger path runs 2-3x faster
-#   than MatMulNBits on these shapes ([3072,384]x[384,1536]: 722 vs 322 GOPS; a 14-token query:
-#   50 vs 148 us; 2 threads, scratch microbenchmark), and smoothing wins back what one scale
-#   per tensor loses to the LayerNorm outputs' outlier channels.
-# - FFN out (fed by the GELU): MatMulNBits 8-bit, blocks of 256 along K, accuracy level 4 (int8
-#   compute, activations quantized per block of each row); smoothed-dynamic costs too much there.
-#   MiniLM asset, cosine to torch (mean / min) on the quick set
-#   (`python -m benchmarks.fidelity --quick --models minilm --recipes ...`,
-#   benchmarks/results/fidelity-recipes-quick.json):
-#     every MatMul dynamic (matmul-pc)                 0.99381 / 0.98875
-#     every MatMul smoothed-dynamic (smooth-dyn-a07)   0.99523 / 0.99014   alpha 0.5: 0.99, 0.9: 0.986
-#     FFN out blockwise, rest dynamic (export-ffn-out) 0.99636 / 0.99334   full run: min 0.97622
-#     every MatMul blockwise (export-all-blockwise)    0.99882 / 0.99799   the issue-4 default
-#     FFN out blockwise, rest smoothed (this)          0.99857 / 0.99736
-#   Full runs (README "Fidelity"): cosine to torch within 0.001 of every-MatMul-blockwise on
-#   both real models, task rows within noise, batch throughput 1.56x (MiniLM) / 1.64x (mE5).
+# - Every MatMul: s8 weights per column (quantize_dynamic, QOperator) and u8 activations whose
+#   scales never depend on the batch (actquant.py; issue 12: with one scale per tensor per call,
+#   a MiniLM text alone vs in a batch of 300 read cosine min 0.99791, and a shuffled batch
+#   changed ~90% of the rows):
+#   - Q/K/V, attention output, FFN in: SmoothQuant (smooth.py, alpha 0.7, calibrated on
+#     calibration.py's texts), then a FIXED activation range: the min/max each input reached on
+#     the same texts. Smoothing is what makes one fixed range fit: static QDQ without it read
+#     cosine mean 0.941 on MiniLM.
+#   - FFN out (fed by the GELU, whose range a fixed scale cannot hold: MiniLM cosine min 0.9936
+#     fixed vs 0.9957 per row): per-row symmetric scales max|x_row|/127 around zero point 128.
+#     The former MatMulNBits (blocks of 256, accuracy level 4) there was invariant only to
+#     ~5e-6 in cosine (its kernel's sums depend on the row count) and 1.2-1.4x slower than
+#     MatMulIntegerToFloat + row scaling (scratch microbenchmark, [M,1536]x[1536,384], 1 thread).
+#   MiniLM quick set, 600 texts, cosine to torch mean / min, alone vs in a batch (min cosine):
+#     dynamic + FFN out MatMulNBits (the former default)  0.99868 / 0.99680   0.99848
+#     fixed + FFN out MatMulNBits                         0.99875 / 0.99616   0.9999949
+#     fixed everywhere (FFN out smoothed)                 0.99716 / 0.99357   0.9999998
+#     per row everywhere but FFN out MatMulNBits          0.99903 / 0.99797   0.99993
+#     fixed + FFN out per row (this)                      0.99842 / 0.99573   0.9999999
 # - EmbedLayerNormalization: the embedding tables in INT8 (4x smaller files; mean cosine -0.0003).
 # - SkipLayerNormalization left unfused: onnxruntime's CPU kernel for it takes 3.0 ms where the
 #   Add + LayerNormalization it replaces take 0.67 (32 x 96 x 384 floats, 2 threads).
 QUANTIZATION = {
     "attention_fusion": "MultiHeadAttention",
     "skip_layer_norm_fusion": False,
-    "smooth": {"alpha": 0.7},
+    "smooth": {"alpha": 0.7, "skip": ["ffn_out"]},  # skip: matmul_groups left unsmoothed
     "dynamic": {
         "format": "QOperator",
         "weight_type": "QInt8",
@@ -55,12 +58,15 @@ QUANTIZATION = {
         "reduce_range": False,
         "op_types": ["MatMul", "EmbedLayerNormalization"],
     },
-    "blockwise": {  # these groups (matmul_groups); any other MatMul is quantized dynamically
-        "op": "MatMulNBits", "matmuls": ["ffn_out"],
-        "bits": 8, "block_size": 256, "symmetric": True, "accuracy_level": 4,
-    },
+    # activation scales (actquant.py): per row for these groups, a fixed calibrated range for
+    # every other MatMul input; None: quantize_dynamic's one scale per tensor per call
+    "activations": {"per_row": ["attention_out", "ffn_out"], "fixed": "min/max over the calibration texts"},
+    "blockwise": None,  # MatMulNBits for some groups (recipes in benchmarks/fidelity.py)
 }
+# MatMulNBits settings a recipe's "blockwise" starts from.
+BLOCKWISE = {"op": "MatMulNBits", "matmuls": [], "bits": 8, "block_size": 256, "symmetric": True, "accuracy_level": 4}
 GELU_OPS = ("BiasGelu", "Gelu", "FastGelu")
+ATTENTION_OPS = ("MultiHeadAttention", "Attention")
 
 
 def export_onnx(model, out_dir: Path) -> Path:
@@ -91,11 +97,13 @@ def optimize(raw: Path, out: Path, num_heads: int, hidden_size: int) -> dict[str
 
 def matmul_groups(graph: onnx.GraphProto) -> dict[str, list[str]]:
     """MatMul node names by role: ffn_in (feeds the GELU, directly or through its bias Add),
-    ffn_out (fed by the GELU), attention (every other MatMul: Q/K/V and output projections)."""
+    ffn_out (fed by the GELU), attention_out (fed by the attention op), qkv (every other MatMul:
+    the Q/K/V projections)."""
     gelu_inputs = {i for n in graph.node if n.op_type in GELU_OPS for i in n.input}
     gelu_outputs = {o for n in graph.node if n.op_type in GELU_OPS for o in n.output}
+    attention_outputs = {n.output[0] for n in graph.node if n.op_type in ATTENTION_OPS}
     bias_adds = {n.input[0] for n in graph.node if n.op_type == "Add" and n.output[0] in gelu_inputs}
-    groups: dict[str, list[str]] = {"ffn_in": [], "ffn_out": [], "attention": []}
+    groups: dict[str, list[str]] = {"ffn_in": [], "ffn_out": [], "attention_out": [], "qkv": []}
     for n in graph.node:
         if n.op_type != "MatMul":
             continue
@@ -103,26 +111,34 @@ def matmul_groups(graph: onnx.GraphProto) -> dict[str, list[str]]:
             groups["ffn_out"].append(n.name)
         elif n.output[0] in gelu_inputs or n.output[0] in bias_adds:
             groups["ffn_in"].append(n.name)
+        elif n.input[0] in attention_outputs:
+            groups["attention_out"].append(n.name)
         else:
-            groups["attention"].append(n.name)
+            groups["qkv"].append(n.name)
     return groups
 
 
 def quantize(fp32: Path, out: Path, recipe: dict = QUANTIZATION,
              calibration: list[dict] | None = None) -> None:
-    """fp32 graph -> INT8 file: blockwise MatMuls first, the rest smoothed (calibration: unpadded
-    feeds, see smooth.calibration_feeds) and quantized dynamically."""
+    """fp32 graph -> INT8 file: blockwise MatMuls first, the rest smoothed and quantized dynamically,
+    then their activation scales made batch-invariant (calibration: unpadded feeds, see
+    smooth.calibration_feeds; used by smoothing and the fixed ranges)."""
     model = onnx.load(str(fp32))
+    groups = matmul_groups(model.graph)
+
+    def named(group_names) -> set[str]:
+        return {name for group in group_names or [] for name in groups[group]}
+
     blockwise = recipe.get("blockwise")
-    keep: set[str] = set()
-    if blockwise:
-        groups = matmul_groups(model.graph)
-        keep = set(blockwise.get("names") or {name for group in blockwise["matmuls"] for name in groups[group]})
+    keep = set(blockwise.get("names") or named(blockwise["matmuls"])) if blockwise else set()
+    activations = recipe.get("activations")
+    if (recipe.get("smooth") or activations) and not calibration:
+        raise ValueError("the recipe smooths MatMul inputs or fixes their ranges: calibration feeds are required")
     if recipe.get("smooth"):
-        if not calibration:
-            raise ValueError("the recipe smooths MatMul inputs: calibration feeds are required")
-        model = smoothquant.smooth(model, calibration, recipe["smooth"]["alpha"], skip=keep)
-    if blockwise:
+        skip = keep | named(recipe["smooth"].get("skip"))
+        model = smoothquant.smooth(model, calibration, recipe["smooth"]["alpha"], skip=skip)
+    calibrated = onnx.ModelProto.FromString(model.SerializeToString()) if activations else None
+    if keep:
         others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in keep]
         config = DefaultWeightOnlyQuantConfig(
             block_size=blockwise["block_size"], is_symmetric=blockwise["symmetric"],
@@ -152,6 +168,10 @@ def quantize(fp32: Path, out: Path, recipe: dict = QUANTIZATION,
             )
     finally:
         root.setLevel(level)
+    if activations:
+        per_row_matmuls = named(activations["per_row"])
+        per_row = {n.input[0] for n in calibrated.graph.node if n.name in per_row_matmuls}
+        onnx.save(actquant.make_invariant(onnx.load(str(out)), calibrated, calibration, per_row), str(out))
 
 
 def save_weights_apart(graph: Path) -> None:

@@ -41,17 +41,23 @@ def matmul_inputs(graph: onnx.GraphProto, skip: set[str]) -> dict[str, list[onnx
     return {t: nodes for t, nodes in readers.items() if not any(n.name in skip for n in nodes)}
 
 
-def channel_maxima(model: onnx.ModelProto, tensors: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """max |x| per last-axis channel of each tensor over every token of the feeds."""
+def tensor_values(model: onnx.ModelProto, tensors: list[str], feeds: list[dict[str, np.ndarray]]):
+    """For each feed, {tensor: its value} of the named intermediate tensors (fp32, unoptimised)."""
     probe = onnx.ModelProto.FromString(model.SerializeToString())
     del probe.graph.output[:]
     probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
     session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    maxima: dict[str, np.ndarray] = {}
     for feed in feeds:
-        for name, value in zip(tensors, session.run(tensors, feed)):
+        yield dict(zip(tensors, session.run(tensors, feed)))
+
+
+def channel_maxima(model: onnx.ModelProto, tensors: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """max |x| per last-axis channel of each tensor over every token of the feeds."""
+    maxima: dict[str, np.ndarray] = {}
+    for values in tensor_values(model, tensors, feeds):
+        for name, value in values.items():
             m = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
             maxima[name] = np.maximum(maxima[name], m) if name in maxima else m
     return maxima

@@ -87,8 +87,9 @@ def test_cli_export_of_a_local_directory_never_touches_the_network(tiny_sources,
     assert set(manifest["files"]) == names - {"manifest.json"}
     assert manifest["export"]["fusions"]["MultiHeadAttention"] == 2  # both layers fused
     ops = manifest["export"]["int8_graph_ops"]
-    assert ops["MatMulNBits"] == 2 * 1  # FFN out, blockwise
-    assert ops["MatMulInteger"] == 2 * 5  # Q, K, V, attention output, FFN in: smoothed, dynamic
+    assert ops["MatMulInteger"] == 2 * 4  # Q, K, V, FFN in: smoothed, fixed activation ranges
+    assert ops["MatMulIntegerToFloat"] == 2 * 2  # attention output, FFN out: per-row activation scales
+    assert ops["QuantizeLinear"] == 2 * 4 and "DynamicQuantizeLinear" not in ops and "MatMulNBits" not in ops
     assert ops["Mul"] >= 2 * 2  # smoothing of the two LayerNorm outputs per layer (attention output: folded into V)
     assert ops["LayerNormalization"] == 2 * 2 and "SkipLayerNormalization" not in ops
     assert manifest["export"]["calibration_texts"] >= 50
