@@ -96,16 +96,14 @@ def parse_embeddings_request(payload: object, *, dim: int, prefixes: dict[str, s
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             hint = "; token arrays are not supported: send text" if isinstance(text, (int, list)) else ""
-            raise _bad("input", f"input[{i}] is {_json_type(text)}, not a string "
-                       f"(input[{i}] is {type(text).__name__} once decoded{hint})")
+            raise _bad("input", f"input[{i}] is {_json_type(text)}, not a string{hint}")
         if max_chars is not None and len(text) > max_chars:
             raise ApiError(422, f"input[{i}] has {len(text)} characters; at most {max_chars} are accepted "
                            "(E5_ONNX_MAX_CHARS)", param="input", code="input_too_long")
         bad = _SURROGATE.search(text)
         if bad:
-            raise _bad("input", f"input[{i}] holds a lone surrogate U+{ord(bad.group()):04X} at character "
-                       f"{bad.start()}, which is not valid Unicode text (input[{i}] holds an unpaired "
-                       "UTF-16 surrogate escape)")
+            raise _bad("input", f"input[{i}] holds an unpaired UTF-16 surrogate escape (U+{ord(bad.group()):04X} "
+                       f"at character {bad.start()}), which is not valid Unicode text")
     _optional(payload, "model", str, "a string")  # one model per deployment: any name is answered by it
     _optional(payload, "user", str, "a string")
     dimensions = _optional(payload, "dimensions", int, "an integer")
