@@ -1,6 +1,6 @@
 """Ray Data on a real local cluster (ray.init(num_cpus=2)): two actors of one CPU each, one
 onnxruntime thread each, over a Parquet dataset of 3,000 texts; every id exactly once, vectors
-equal to the single-process `e5-onnx embed` job (fp32: cos >= 0.99999)."""
+equal to the single-process `e5-onnx embed` job (INT8, batch-invariant since issue 12: cos >= 0.99999)."""
 import collections
 import os
 import subprocess
@@ -44,7 +44,7 @@ def single_process(dataset, tiny_exports, tmp_path_factory):
     whole = tmp_path_factory.mktemp("whole") / "in.parquet"
     pq.write_table(pq.read_table(dataset), whole)
     proc = subprocess.run([sys.executable, "-m", "e5_onnx.cli", "embed", str(whole), "-o", str(out), "-m",
-                           str(tiny_exports["wordpiece-bert"]), "--variant", "fp32"], capture_output=True, text=True, timeout=300)
+                           str(tiny_exports["wordpiece-bert"])], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     table = pq.read_table(out)
     return dict(zip(table.column("id").to_pylist(), np.array(table.column("embedding").to_pylist())))
@@ -73,7 +73,7 @@ class PidTagged(EmbedBatch):
 def test_two_one_cpu_actors_each_id_once_equal_to_single_process(cluster, dataset, tiny_exports, single_process, tmp_path):
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import the tests
     ds = read_parquet(str(dataset)).map_batches(
-        PidTagged, fn_constructor_kwargs={"model": str(tiny_exports["wordpiece-bert"]), "variant": "fp32"},
+        PidTagged, fn_constructor_kwargs={"model": str(tiny_exports["wordpiece-bert"])},
         batch_format="pyarrow", batch_size=256, num_cpus=1, compute=ray.data.ActorPoolStrategy(size=2))
     write_parquet(ds, str(tmp_path / "out"))
     table = pq.read_table(tmp_path / "out")
@@ -86,7 +86,7 @@ def test_two_one_cpu_actors_each_id_once_equal_to_single_process(cluster, datase
 def test_cli_ray_job_on_a_running_cluster(cluster, dataset, tiny_exports, single_process, tmp_path):
     out = tmp_path / "vectors"
     proc = subprocess.run([sys.executable, "-m", "e5_onnx.cli", "embed", str(dataset), "-o", str(out), "-m",
-                           str(tiny_exports["wordpiece-bert"]), "--variant", "fp32", "--ray", cluster],
+                           str(tiny_exports["wordpiece-bert"]), "--ray", cluster],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert f"embedded {N} texts" in proc.stderr and "2 actors x 1 CPUs" in proc.stderr, proc.stderr
