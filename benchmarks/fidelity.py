@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from scipy.stats import spearmanr
 
 from e5_onnx import Embedder
 from e5_onnx.manifest import data_file, sha256_file
@@ -48,13 +47,12 @@ from e5_onnx.manifest import data_file, sha256_file
 from export import actquant, convert, smooth
 
 from .assets import export_dir, source_dir, work_dir
-from .data import ROOT, STSB_LANGS, scifact, stsb, tatoeba
+from .data import ROOT, scifact
+from .tasks import PASSAGE, Task, cosine_stats, paired_se, tasks_for
 from .recipes import (RECIPES, TextReader, calibration_texts, export_calibration, export_recipe, export_texts,
                       quantize_recipe)
 
 MODELS = ("minilm", "me5")
-TATOEBA_LANGS = ("deu", "fra", "spa", "rus", "cmn", "jpn", "ara", "hin", "kor", "tur", "swh", "ell", "heb", "vie", "ind")
-QUERY, PASSAGE = "query: ", "passage: "
 SPEED_THREADS = 2
 
 # The issue's goals, in points (x100) and cosines. Drops are torch minus variant, checked on
@@ -186,80 +184,6 @@ def embed(model: str, variant: Variant, texts: list[str], what: str) -> np.ndarr
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# tasks: text groups to embed and a scorer over their embeddings
-
-@dataclass
-class Task:
-    name: str  # metric row prefix, e.g. "STSb en"
-    kind: str  # "sts" | "retrieval" | "bitext": which goal applies
-    groups: dict[str, list[str]]
-    score: Callable[[dict[str, np.ndarray]], dict[str, float]]
-
-
-def sts_task(lang: str, limit: int | None) -> Task:
-    rows = stsb(lang, "test")[:limit]
-    gold = np.array([s for _, _, s in rows])
-
-    def score(e):
-        cos = np.sum(e["a"] * e["b"], axis=1)
-        return {"Spearman": 100 * float(spearmanr(cos, gold).statistic)}
-
-    return Task(f"STSb {lang}", "sts", {"a": [QUERY + a for a, _, _ in rows], "b": [QUERY + b for _, b, _ in rows]},
-                score)
-
-
-def scifact_task(quick: bool) -> Task:
-    corpus, queries, qrels = scifact()
-    qids = sorted(queries, key=int)
-    if quick:  # 30 queries, their relevant documents and the first 150 others
-        qids = qids[:30]
-        keep = {d for q in qids for d in qrels[q]} | set(list(corpus)[:150])
-        corpus = {d: v for d, v in corpus.items() if d in keep}
-    dids = list(corpus)
-
-    def score(e):
-        scores = e["queries"] @ e["docs"].T
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :100]
-        ndcg, recall = [], []
-        for qi, qid in enumerate(qids):
-            rel = qrels[qid]
-            ranked = [rel.get(dids[j], 0) for j in top[qi]]
-            dcg = sum(r / math.log2(i + 2) for i, r in enumerate(ranked[:10]))
-            ideal = sorted(rel.values(), reverse=True)[:10]
-            idcg = sum(r / math.log2(i + 2) for i, r in enumerate(ideal))
-            ndcg.append(dcg / idcg if idcg > 0 else 0.0)
-            relevant = {d for d, r in rel.items() if r > 0}
-            recall.append(len(relevant & {dids[j] for j in top[qi]}) / len(relevant))
-        return {"nDCG@10": 100 * float(np.mean(ndcg)), "Recall@100": 100 * float(np.mean(recall)),
-                "nDCG@10 per query": [100 * x for x in ndcg]}
-
-    docs = [PASSAGE + f"{corpus[d]['title']} {corpus[d]['text']}".strip() for d in dids]
-    return Task("SciFact", "retrieval", {"queries": [QUERY + queries[q] for q in qids], "docs": docs}, score)
-
-
-def tatoeba_task(lang: str, limit: int | None) -> Task:
-    src, eng = (lines[:limit] for lines in tatoeba(lang))
-
-    def score(e):
-        sim = e["src"] @ e["eng"].T
-        target = np.arange(len(sim))
-        to_eng = float(np.mean(sim.argmax(axis=1) == target))
-        from_eng = float(np.mean(sim.argmax(axis=0) == target))
-        return {"acc": 100 * (to_eng + from_eng) / 2}
-
-    return Task(f"Tatoeba {lang}", "bitext", {"src": [QUERY + s for s in src], "eng": [QUERY + s for s in eng]}, score)
-
-
-def tasks_for(model: str, quick: bool) -> list[Task]:
-    limit = 200 if quick else None
-    langs = ("en",) if model == "minilm" else (("en", "de", "zh") if quick else STSB_LANGS)
-    tasks = [sts_task(lang, limit) for lang in langs] + [scifact_task(quick)]
-    if model == "me5":
-        tasks += [tatoeba_task(lang, limit) for lang in (("deu", "cmn", "swh") if quick else TATOEBA_LANGS)]
-    return tasks
-
-
 def evaluate(model: str, variant: Variant, tasks: list[Task]) -> tuple[dict[str, float], list[np.ndarray], dict]:
     """{metric row: value}, the embeddings of every group in task order (for the cosines), and
     {metric row: per-query values} where a task gives them (for the paired standard error)."""
@@ -277,18 +201,6 @@ def evaluate(model: str, variant: Variant, tasks: list[Task]) -> tuple[dict[str,
         if len(rows) > 1:
             metrics[f"{prefix} mean ({len(rows)} langs)"] = float(np.mean(rows))
     return metrics, embedded, per_query
-
-
-def paired_se(candidate: dict, reference: dict) -> dict[str, float]:
-    """Standard error of the mean per-query difference to torch: what a drop can be told from."""
-    return {k: float(np.std(v - reference[k], ddof=1) / math.sqrt(len(v))) for k, v in candidate.items()}
-
-
-def cosine_stats(reference: list[np.ndarray], candidate: list[np.ndarray], texts: list[str]) -> dict:
-    cos = np.sum(np.concatenate(reference).astype(np.float64) * np.concatenate(candidate), axis=1)
-    worst = np.argsort(cos)[:3]
-    return {"n": int(cos.size), "mean": float(cos.mean()), "p1": float(np.percentile(cos, 1)), "min": float(cos.min()),
-            "worst": [{"cosine": float(cos[i]), "text": texts[i][:100]} for i in worst]}
 
 
 # ---------------------------------------------------------------------------------------------
