@@ -6,8 +6,6 @@ they looked in (they are never skipped).
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest

@@ -3,7 +3,6 @@ import ast
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 from export.parity import INT8_MEAN_COSINE, INT8_MIN_COSINE
 from tests.conftest import ROOT

@@ -14,8 +14,6 @@ import base64
 import json
 import os
 import platform
-import shutil
-import stat
 import struct
 import subprocess
 import sys

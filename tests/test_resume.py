@@ -2,7 +2,6 @@
 the output must equal an uninterrupted run's, row for row (INT8, so chunks must batch the same);
 a changed input or model since the checkpoint must be refused."""
 import json
-import os
 import random
 import signal
 import subprocess

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from collections.abc import Mapping, Set as AbstractSet
 from itertools import islice
 from typing import Iterable, Iterator, Sequence
