@@ -192,13 +192,21 @@ def test_real_export_killed_at_random_points_then_a_waiting_export_cleans_up(tem
     rng = random.Random(5)
     left_behind = 0
     # `python -m export` logs one line per stage (model loaded, optimum export, fusions, INT8,
-    # torch reference, parity, done): kill after a random one of them plus a random delay
-    for _ in range(2):
+    # torch reference, parity, done). First kill: after a random number of output lines plus a
+    # random delay (anywhere, the swap included). Second kill: a random moment of the INT8 stage,
+    # which is always mid-build (on a fast machine a random delay alone can miss the build).
+    for attempt in range(2):
         proc = run_export(["--source", str(source), "--out", str(out), "--query-prefix", "killed: "])
-        for _ in range(rng.randrange(1, 7)):
-            if not proc.stdout.readline():
-                break
-        time.sleep(rng.uniform(0.0, 1.5))
+        if attempt == 0:
+            for _ in range(rng.randrange(1, 7)):
+                if not proc.stdout.readline():
+                    break
+            time.sleep(rng.uniform(0.0, 1.5))
+        else:
+            for line in proc.stdout:
+                if "quantizing to INT8" in line:
+                    break
+            time.sleep(rng.uniform(0.0, 0.2))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
         proc.stdout.close()
