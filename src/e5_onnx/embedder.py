@@ -112,7 +112,8 @@ class Embedder:
 
         Chunk k always holds texts [k * chunk_size, (k + 1) * chunk_size) and is batched exactly
         as `encode` batches it, so a job that resumes at a chunk boundary reproduces the vectors
-        of an uninterrupted run (INT8 activation scales are per batch).
+        of an uninterrupted run (the INT8 recipe is batch-invariant to cos >= 0.99999; fixed
+        chunks keep the rows bit-identical too).
         """
         if isinstance(texts, (str, bytes, dict, set, frozenset)):
             raise TypeError(f"texts must be an ordered iterable of str, not a {type(texts).__name__}")
