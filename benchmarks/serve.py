@@ -7,9 +7,12 @@ For 1, 8, 32 and 128 concurrent clients, each sending single queries (STSb sente
 characters), one request after another on a keep-alive connection, it measures requests/s,
 texts/s and p50/p99 latency of the server with batching on and with batching off (`--batching
 off`: the worker takes one request at a time), and `Embedder.encode` on the same texts in this
-process with no HTTP (same session settings as the server: spinning off). Servers run one at
-a time in their own process; rounds interleave the three systems and the table gives each cell's
-median over the rounds. Writes benchmarks/results/serve.json and .md.
+process with no HTTP (same session settings as the server: spinning off). A cell counts the
+requests answered inside its measured window; where requests outlast the window (mixed batches at
+128 clients) the ones still waiting at its end are not in the latencies, so that p99 understates. Each server runs in
+its own process; both are up during a round and each cell runs on one right after the other (the
+order alternating), after `Embedder.encode`'s run; the table gives each cell's median over the
+rounds, and the goals the median of ratios taken within each round. Writes benchmarks/results/serve.json and .md.
 
 The load generator is a bare asyncio HTTP/1.1 client (prebuilt request bytes, the status line
 and Content-Length parsed, the JSON body not): it shares the two cores with the server, so it has
@@ -92,7 +95,7 @@ async def load(port: int, requests: list[tuple[bytes, int]], clients: int, warm:
             done = time.perf_counter()
             if status != 200:
                 errors += 1
-            elif sent >= begin and done <= end:
+            elif begin <= done <= end:  # answered in the window: counts even if sent during the warm-up
                 latencies.append(done - sent)
                 texts += n
         writer.close()
@@ -105,7 +108,7 @@ async def load(port: int, requests: list[tuple[bytes, int]], clients: int, warm:
     await asyncio.gather(*tasks, return_exceptions=True)
     for task in done:
         task.result()  # a client that failed (connection refused, bad response) fails the run
-    lat = np.array(latencies or [float("nan")]) * 1000  # nan: no request both started and ended in the window
+    lat = np.array(latencies or [float("nan")]) * 1000  # nan: no request was answered in the window
     return {"requests_per_s": len(latencies) / seconds, "texts_per_s": texts / seconds, "errors": errors,
             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
             "requests": len(latencies), "client_cpu_s": time.process_time() - cpu}
@@ -135,40 +138,53 @@ def batch_stats(port: int) -> tuple[float, float, float]:
     return value("batch_texts_count"), value("batch_texts_sum"), value("batch_padded_tokens_sum")
 
 
-def run_server(model_dir: Path, batching: str, reqs: dict, args) -> dict:
+def start_server(model_dir: Path, batching: str, args) -> tuple[subprocess.Popen, int]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "e5_onnx.cli", "serve", "--model", str(model_dir), "--port", str(port),
                              "--batching", batching, "--log-level", "warning", "--max-queue-tokens", "1000000",
                              *shlex.split(args.server_args)])
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                if b" 200 " in s.recv(4096).split(b"\r\n")[0] + b" ":
+                    return proc, port
+        except OSError:
+            pass
+        time.sleep(0.1)
+
+
+def run_cell(proc: subprocess.Popen, port: int, batching: str, workload: str, clients: int, reqs: dict, args) -> dict:
+    requests = [(http_request(port, texts), len(texts)) for texts in reqs[workload]]
+    cpu, before = cpu_seconds(proc.pid), batch_stats(port)
+    cell = asyncio.run(load(port, requests, clients, args.warm, args.seconds))
+    cell["server_cpu_s"] = cpu_seconds(proc.pid) - cpu
+    calls, texts, padded = (a - b for a, b in zip(batch_stats(port), before))
+    cell.update(texts_per_call=texts / max(calls, 1), padded_tokens_per_text=padded / max(texts, 1))
+    print(f"  batching {batching:3} {workload:6} x{clients:<4} {cell['requests_per_s']:7.1f} req/s "
+          f"{cell['texts_per_s']:7.1f} texts/s p50 {cell['p50_ms']:7.1f} ms p99 {cell['p99_ms']:7.1f} ms",
+          file=sys.stderr)
+    return cell
+
+
+def run_servers(model_dir: Path, reqs: dict, args) -> dict:
+    """Both servers up at once (the idle one costs nothing); each cell runs on one, then the other,
+    so the pair of figures a ratio is made of is taken minutes apart at most, not a whole round."""
+    servers = {b: start_server(model_dir, b, args) for b in ("on", "off")}
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-                    if b" 200 " in s.recv(4096).split(b"\r\n")[0] + b" ":
-                        break
-            except OSError:
-                pass
-            time.sleep(0.1)
-        out = {}
-        for workload in WORKLOADS:
-            requests = [(http_request(port, texts), len(texts)) for texts in reqs[workload]]
-            for clients in CONCURRENCY:
-                cpu, before = cpu_seconds(proc.pid), batch_stats(port)
-                cell = asyncio.run(load(port, requests, clients, args.warm, args.seconds))
-                cell["server_cpu_s"] = cpu_seconds(proc.pid) - cpu
-                calls, texts, padded = (a - b for a, b in zip(batch_stats(port), before))
-                cell.update(texts_per_call=texts / max(calls, 1), padded_tokens_per_text=padded / max(texts, 1))
-                out[f"{workload}/{clients}"] = cell
-                print(f"  batching {batching:3} {workload:6} x{clients:<4} {cell['requests_per_s']:7.1f} req/s "
-                      f"{cell['texts_per_s']:7.1f} texts/s p50 {cell['p50_ms']:7.1f} ms p99 {cell['p99_ms']:7.1f} ms",
-                      file=sys.stderr)
+        out: dict = {"on": {}, "off": {}}
+        for i, (workload, clients) in enumerate((w, c) for w in WORKLOADS for c in CONCURRENCY):
+            for batching in (("on", "off") if i % 2 == 0 else ("off", "on")):
+                proc, port = servers[batching]
+                out[batching][f"{workload}/{clients}"] = run_cell(proc, port, batching, workload, clients, reqs, args)
         return out
     finally:
-        proc.terminate()
-        proc.wait(60)
+        for proc, _ in servers.values():
+            proc.terminate()
+        for proc, _ in servers.values():
+            proc.wait(60)
 
 
 def run_embedder(model_dir: Path, reqs: dict, n_texts: int) -> dict:
@@ -224,7 +240,7 @@ def pad(cell: dict) -> str:
 
 
 def ms(cell: dict) -> str:
-    """p50 / p99, or a dash when no request both started and ended inside the measured window."""
+    """p50 / p99, or a dash when no request was answered inside the measured window."""
     return f"{cell['p50_ms']:.1f} / {cell['p99_ms']:.1f}" if cell["requests"] else "–"
 
 
@@ -243,23 +259,27 @@ def markdown(res: dict) -> str:
     lines.append(f"| Embedder.encode, no HTTP | | queries {enc['query']['texts_per_s']:.0f} texts/s, mixed "
                  f"{enc['mixed']['texts_per_s']:.0f} texts/s | one query at a time {enc['query_single']['p50_ms']:.1f} / "
                  f"{enc['query_single']['p99_ms']:.1f} | | | | | queries {pad(enc['query'])}, mixed {pad(enc['mixed'])} |")
-    lines += ["", "| goal at 32 single-query clients | target | measured | met |", "|---|---|---|---|"]
+    lines += ["", "| goal at 32 single-query clients (ratio within each round, median over rounds) | target | measured "
+              "| met |", "|---|---|---|---|"]
     for g in res["goals"]:
         lines.append(f"| {g['goal']} | {g['target']} | {g['measured']} | {'yes' if g['met'] else 'no'} |")
     return "\n".join(lines)
 
 
 def goals(res: dict) -> list[dict]:
-    a, b, enc = res["median"]["on"]["query/32"], res["median"]["off"]["query/32"], res["median"]["encode"]["query"]
-    share = a["texts_per_s"] / enc["texts_per_s"]
-    speedup = a["requests_per_s"] / b["requests_per_s"]
+    """Each ratio is taken within a round (the systems side by side), then its median over rounds."""
+    rounds = res["rounds"]
+    share = statistics.median(r["on"]["query/32"]["texts_per_s"] / r["encode"]["query"]["texts_per_s"] for r in rounds)
+    speedup = statistics.median(r["on"]["query/32"]["requests_per_s"] / r["off"]["query/32"]["requests_per_s"]
+                                for r in rounds)
+    p99 = statistics.median(r["on"]["query/32"]["p99_ms"] / r["off"]["query/32"]["p99_ms"] for r in rounds)
     return [
         {"goal": "texts/s vs Embedder.encode on the same queries", "target": ">= 90%", "measured": f"{share:.0%}",
          "met": share >= 0.9},
         {"goal": "requests/s vs the unbatched server", "target": ">= 1.6x", "measured": f"{speedup:.2f}x",
          "met": speedup >= 1.6},
-        {"goal": "p99 latency vs the unbatched server", "target": "no worse",
-         "measured": f"{a['p99_ms']:.1f} vs {b['p99_ms']:.1f} ms", "met": a["p99_ms"] <= b["p99_ms"]},
+        {"goal": "p99 latency vs the unbatched server", "target": "no worse", "measured": f"{p99:.2f}x the unbatched p99",
+         "met": p99 <= 1},
     ]
 
 
@@ -305,8 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.rounds):
         print(f"round {r + 1}/{args.rounds} (load average {os.getloadavg()[0]:.1f})", file=sys.stderr)
         res["rounds"].append({"encode": run_embedder(directory, reqs, args.encode_texts),
-                              "on": run_server(directory, "on", reqs, args),
-                              "off": run_server(directory, "off", reqs, args)})
+                              **run_servers(directory, reqs, args)})
         res["loadavg"].append(os.getloadavg())
     res["median"] = median_cells(res["rounds"])
     res["goals"] = goals(res)

@@ -3,9 +3,11 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from e5_onnx.tokenize import TextTokenizer
+from e5_onnx.tokenize import TextTokenizer, plan
 from export.probes import CARD_EN, CARD_MULTILINGUAL, MULTILINGUAL, long_text
 
 TEXTS = (
@@ -57,3 +59,43 @@ def test_batches_respect_token_budget_and_pad_to_their_own_longest(minilm_source
         assert len(b.order) <= 8
     assert sorted(np.concatenate([b.order for b in batches]).tolist()) == list(range(len(TEXTS)))
     assert max(lengths) == 256  # truncated at the limit given, not tokenizer.json's 128
+
+
+def _cost(sizes: list[int], lengths: list[int], call_cost: int) -> int:
+    starts = np.cumsum([0] + sizes[:-1])
+    return sum(call_cost + k * lengths[s] for s, k in zip(starts, sizes))
+
+
+def _compositions(n: int):
+    if n == 0:
+        yield []
+    for first in range(1, n + 1):
+        for rest in _compositions(n - first):
+            yield [first, *rest]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(1, 300), max_size=9), st.integers(1, 6), st.integers(1, 900), st.integers(0, 40))
+def test_batch_plan_is_the_cheapest_feasible_cut(lengths, batch_size, budget, call_cost):
+    """plan() against every way to cut the sorted list into consecutive batches: feasible (at most
+    batch_size texts, at most budget padded tokens unless alone) and of minimal cost."""
+    lengths = sorted(lengths, reverse=True)
+    sizes = plan(lengths, batch_size, budget, call_cost)
+    assert sum(sizes) == len(lengths) and all(k >= 1 for k in sizes)
+
+    def feasible(cut):
+        starts = np.cumsum([0] + cut[:-1])
+        return all(k <= batch_size and (k == 1 or k * lengths[s] <= budget) for s, k in zip(starts, cut))
+
+    assert feasible(sizes)
+    best = min(_cost(c, lengths, call_cost) for c in _compositions(len(lengths)) if feasible(c))
+    assert _cost(sizes, lengths, call_cost) == best
+
+
+def test_batch_plan_pads_random_queries_far_less_than_fixed_cuts():
+    """12 query-like lengths with a long tail: one long text gets its own small batch instead of
+    widening the other eleven."""
+    lengths = [48, 27, 17, 15, 14, 14, 13, 12, 11, 10, 9, 8]
+    sizes = plan(lengths, 32, 512, 16)
+    padded = _cost(sizes, lengths, 0)
+    assert padded <= 0.6 * 12 * 48, (sizes, padded)
