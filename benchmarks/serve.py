@@ -315,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", metavar="JSON", help="only print the tables of an earlier run's JSON")
     args = p.parse_args(argv)
     if args.report:  # re-render an earlier run's tables (.md beside its JSON)
-        write_md(json.loads(Path(args.report).read_text()), Path(args.report))
+        res = json.loads(Path(args.report).read_text())
+        res["goals"] = goals(res)
+        write_md(res, Path(args.report))
         return 0
     directory = model_dir(args.model)
     reqs = workloads()

@@ -1,8 +1,9 @@
 """`e5-onnx serve`, tested as a real server process on a free 127.0.0.1 port.
 
-Equality tests use variant="fp32" servers wherever requests share batches (fp32 rows do not
-depend on their batch-mates; INT8 rows do, slightly: issue 12), and INT8 only where the batch
-composition is identical by construction (one request alone is batched as Embedder.encode batches it).
+Equality tests use variant="fp32" servers wherever requests share batches (fp32 rows are
+bit-for-bit independent of their batch-mates; INT8 rows to cosine >= 0.99999, ~97% of them
+bit-identical: issue 12), and INT8 where the batch composition is identical by construction (one
+request alone is batched as Embedder.encode batches it, so its rows must match to 1e-6).
 """
 from __future__ import annotations
 
