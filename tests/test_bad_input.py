@@ -63,7 +63,12 @@ def as_container(items: list, kind: str):
     if kind == "generator":
         return (t for t in items)
     if kind == "numpy":
-        return np.array(items, dtype=object if not all(isinstance(t, str) for t in items) else str)
+        if all(isinstance(t, str) for t in items):
+            return np.array(items, dtype=str)
+        array = np.empty(len(items), dtype=object)  # 1-D: np.array() would turn a list item into an axis
+        for i, item in enumerate(items):
+            array[i] = item
+        return array
     return items
 
 

@@ -29,6 +29,23 @@ def test_output_shape_dtype_norm_and_input_order(model):
     np.testing.assert_array_equal(out[1], out[4])
 
 
+@pytest.mark.parametrize("long_text", ["truncate", "window"])
+def test_tokenising_in_slices_keeps_every_row_and_count_in_place(model, monkeypatch, long_text):
+    """encode tokenises TOKENISE_SLICE texts at a time (only their ids outlive the slice): slices
+    of 4 over 23 texts, long ones split into windows, give the rows and counts of one slice."""
+    import e5_onnx.embedder as embedder
+
+    texts = [f"text {i} " + "word " * (3 + (37 * i) % 150) for i in range(23)]
+    whole, whole_counts = model.encode_counted(texts, long_text=long_text)
+    assert whole_counts.over_limit.any()  # some texts are past the 64-token limit: windows when split
+    monkeypatch.setattr(embedder, "TOKENISE_SLICE", 4)
+    sliced, sliced_counts = model.encode_counted(texts, long_text=long_text)
+    np.testing.assert_allclose(sliced, whole, atol=1e-6)
+    np.testing.assert_array_equal(sliced_counts.tokens, whole_counts.tokens)
+    np.testing.assert_array_equal(sliced_counts.over_limit, whole_counts.over_limit)
+    np.testing.assert_array_equal(model.count_tokens(texts, long_text=long_text).tokens, whole_counts.tokens)
+
+
 def test_empty_list_gives_an_empty_matrix(model):
     out = model.encode([])
     assert out.shape == (0, 64) and out.dtype == np.float32

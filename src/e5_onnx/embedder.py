@@ -14,10 +14,11 @@ from .manifest import ModelDirError, load_manifest, verified_graph, verified_pat
 from .pool import mean_pool_normalize
 from .registry import resolve_model_dir
 from .session import EncoderSession
-from .tokenize import TextTokenizer
+from .tokenize import Ids, TextTokenizer, compact
 from .windows import TokenCounts, check_mode, combine, counts, sequences
 
 VARIANTS = ("int8", "fp32")
+TOKENISE_SLICE = 1024  # texts per tokenizers call in encode: its Encodings live for one slice only
 
 
 class Embedder:
@@ -95,14 +96,19 @@ class Embedder:
         """`encode`, plus the token counts of the same tokenisation (what `e5-onnx embed` reports)."""
         texts = _check_texts(texts)
         mode = self.long_text if long_text is None else check_mode(long_text)
-        # truncate: a huge text costs its first tokens, not its length (cut.py); window needs them all
-        encodings = self.tokenizer.encode(texts, head_only=mode == "truncate")
-        seqs, owner = sequences(encodings, mode)
+        seqs: list[Ids] = []
+        owners, parts = [np.zeros(0, dtype=np.int64)], []
+        for start, encodings in self._tokenised(texts, mode):
+            part, owner = sequences(encodings, mode)
+            seqs += compact(part)  # the ids alone: the Encodings live for one slice
+            owners.append(owner + start)
+            parts.append(counts(encodings, mode))
+        owner = np.concatenate(owners)
         out = np.empty((len(seqs), self.dim), dtype=np.float32)
         for batch in self.tokenizer.batch_encodings(seqs, self.batch_size, self.max_batch_tokens):
             hidden = self.session.run(batch.input_ids, batch.attention_mask)
             out[batch.order] = mean_pool_normalize(hidden, batch.attention_mask)
-        return combine(out, owner, len(texts)), counts(encodings, mode)
+        return combine(out, owner, len(texts)), _joined(parts)
 
     def embed_stream(
         self, texts: Iterable[str], chunk_size: int = 1024, *, long_text: str | None = None
@@ -133,7 +139,15 @@ class Embedder:
         """Tokens per text as the model would see them (after truncation, or summed over the
         windows), and which texts are over the model's limit."""
         mode = self.long_text if long_text is None else check_mode(long_text)
-        return counts(self.tokenizer.encode(_check_texts(texts), head_only=mode == "truncate"), mode)
+        return _joined([counts(encodings, mode) for _, encodings in self._tokenised(_check_texts(texts), mode)])
+
+    def _tokenised(self, texts: list[str], mode: str) -> Iterator[tuple[int, list]]:
+        """(start, Encodings of texts[start:start + TOKENISE_SLICE]): a tokenizers Encoding holds
+        offsets, token strings and overflow windows besides the ids, ~20x their size (one encode
+        of 100,000 mixed texts held 6.9 GB of them), so no call keeps more than a slice alive.
+        truncate: a huge text costs its first tokens, not its length (cut.py); window needs them all."""
+        for start in range(0, len(texts), TOKENISE_SLICE):
+            yield start, self.tokenizer.encode(texts[start : start + TOKENISE_SLICE], head_only=mode == "truncate")
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Embed search queries (or both sides of a symmetric task): adds the `query: ` prefix."""
@@ -142,6 +156,11 @@ class Embedder:
     def encode_passages(self, texts: Sequence[str]) -> np.ndarray:
         """Embed documents to be retrieved: adds the `passage: ` prefix."""
         return self.encode([self.passage_prefix + t for t in _check_texts(texts)])
+
+
+def _joined(parts: list[TokenCounts]) -> TokenCounts:
+    return TokenCounts(np.concatenate([np.zeros(0, dtype=np.int64)] + [c.tokens for c in parts]),
+                       np.concatenate([np.zeros(0, dtype=bool)] + [c.over_limit for c in parts]))
 
 
 def _check_positive(name: str, value: object, alternative: str = "") -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
@@ -51,6 +51,17 @@ def plan(lengths: Sequence[int], batch_size: int, max_batch_tokens: int,
         sizes.append(n - cut[n])
         n = cut[n]
     return sizes[::-1]
+
+
+class Ids(NamedTuple):
+    """One sequence's token ids, without the rest of its tokenizers `Encoding` (offsets, token
+    strings, overflow windows), which weighs ~20x more: what a long `encode` call keeps."""
+
+    ids: np.ndarray  # (length,) int32
+
+
+def compact(encodings: Sequence[Encoding]) -> list[Ids]:
+    return [Ids(np.asarray(e.ids, dtype=np.int32)) for e in encodings]
 
 
 @dataclass(frozen=True)
@@ -107,9 +118,10 @@ class TextTokenizer:
         return self.batch_encodings(self.encode(texts), batch_size, max_batch_tokens)
 
     def batch_encodings(
-        self, encodings: Sequence[Encoding], batch_size: int, max_batch_tokens: int
+        self, encodings: Sequence[Encoding | Ids], batch_size: int, max_batch_tokens: int
     ) -> Iterator[Batch]:
-        """`batches` for texts already tokenised (or windows of them): longest first, cut by `plan`."""
+        """`batches` for texts already tokenised (or windows of them, or their `compact` ids):
+        longest first, cut by `plan`."""
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         order = np.argsort(-lengths, kind="stable")
         start = 0
@@ -118,7 +130,7 @@ class TextTokenizer:
             yield self._pad([encodings[i] for i in idx], idx, int(lengths[idx[0]]))
             start += n
 
-    def _pad(self, encodings: list[Encoding], order: np.ndarray, width: int) -> Batch:
+    def _pad(self, encodings: list[Encoding | Ids], order: np.ndarray, width: int) -> Batch:
         ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(encodings), width), dtype=np.int64)
         for row, enc in enumerate(encodings):
