@@ -6,6 +6,7 @@ over-padded and the limit is the model's real one.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
@@ -35,16 +36,15 @@ def plan(lengths: Sequence[int], batch_size: int, max_batch_tokens: int,
     long text among short ones gets a small batch of its own instead of widening them all: 12
     random queries pad to ~19 tokens each instead of ~32. Dynamic programming, O(n x batch_size)."""
     n = len(lengths)
-    best = [0] + [0] * n  # best[j]: cheapest cost of the first j texts
-    cut = [0] * (n + 1)
+    best = [0.0] + [math.inf] * n  # best[j]: the cheapest cost of the first j texts
+    cut = [0] * (n + 1)  # cut[j]: where the last batch of that cheapest cut starts
     for j in range(1, n + 1):
-        best[j] = -1
         for i in range(j - 1, max(j - batch_size, 0) - 1, -1):
-            k, width = j - i, max(lengths[i], 1)
+            k, width = j - i, lengths[i]
             if k > 1 and k * width > max_batch_tokens:
                 break
             cost = best[i] + call_cost + k * width
-            if best[j] < 0 or cost < best[j]:
+            if cost < best[j]:
                 best[j], cut[j] = cost, i
     sizes = []
     while n:
