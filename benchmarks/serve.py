@@ -9,10 +9,11 @@ texts/s and p50/p99 latency of the server with batching on and with batching off
 off`: the worker takes one request at a time), and `Embedder.encode` on the same texts in this
 process with no HTTP (same session settings as the server: spinning off). A cell counts the
 requests answered inside its measured window; where requests outlast the window (mixed batches at
-128 clients) the ones still waiting at its end are not in the latencies, so that p99 understates. Each server runs in
-its own process; both are up during a round and each cell runs on one right after the other (the
-order alternating), after `Embedder.encode`'s run; the table gives each cell's median over the
-rounds, and the goals the median of ratios taken within each round. Writes benchmarks/results/serve.json and .md.
+128 clients) the ones still waiting at its end are not in the latencies, so that p99 understates.
+Each server runs in its own process; both are up during a round and each cell runs on one right
+after the other (the order alternating), after `Embedder.encode`'s run; the table gives each
+cell's median over the rounds, and the goals the median of ratios taken within each round.
+Writes benchmarks/results/serve.json and .md.
 
 The load generator is a bare asyncio HTTP/1.1 client (prebuilt request bytes, the status line
 and Content-Length parsed, the JSON body not): it shares the two cores with the server, so it has
@@ -144,16 +145,21 @@ def start_server(model_dir: Path, batching: str, args) -> tuple[subprocess.Popen
                              "--batching", batching, "--log-level", "warning", "--max-queue-tokens", "1000000",
                              *shlex.split(args.server_args)])
     deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-                if b" 200 " in s.recv(4096).split(b"\r\n")[0] + b" ":
-                    return proc, port
-        except OSError:
-            pass
-        time.sleep(0.1)
+    try:
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                    if b" 200 " in s.recv(4096).split(b"\r\n")[0] + b" ":
+                        return proc, port
+            except OSError:
+                pass
+            time.sleep(0.1)
+    except BaseException:  # not started: stop it rather than leave it behind
+        proc.kill()
+        proc.wait(60)
+        raise
 
 
 def run_cell(proc: subprocess.Popen, port: int, batching: str, workload: str, clients: int, reqs: dict, args) -> dict:
@@ -172,8 +178,10 @@ def run_cell(proc: subprocess.Popen, port: int, batching: str, workload: str, cl
 def run_servers(model_dir: Path, reqs: dict, args) -> dict:
     """Both servers up at once (the idle one costs nothing); each cell runs on one, then the other,
     so the pair of figures a ratio is made of is taken minutes apart at most, not a whole round."""
-    servers = {b: start_server(model_dir, b, args) for b in ("on", "off")}
+    servers: dict = {}
     try:
+        for batching in ("on", "off"):
+            servers[batching] = start_server(model_dir, batching, args)
         out: dict = {"on": {}, "off": {}}
         for i, (workload, clients) in enumerate((w, c) for w in WORKLOADS for c in CONCURRENCY):
             for batching in (("on", "off") if i % 2 == 0 else ("off", "on")):
