@@ -31,8 +31,8 @@ def stsb(lang: str = "en", split: str = "test") -> list[tuple[str, str, float]]:
         return [(a, b, float(s)) for a, b, s in csv.reader(f)]
 
 
-def scifact() -> tuple[dict[str, dict], dict[str, str], dict[str, dict[str, int]]]:
-    """corpus {doc_id: {title, text}}, test queries {qid: text}, qrels {qid: {doc_id: relevance}}."""
+def scifact(split: str = "test") -> tuple[dict[str, dict], dict[str, str], dict[str, dict[str, int]]]:
+    """corpus {doc_id: {title, text}}, the split's queries {qid: text}, qrels {qid: {doc_id: relevance}}."""
     base = shared_dir() / "data" / "scifact"
     corpus = {}
     with open(base / "corpus.jsonl", encoding="utf-8") as f:
@@ -40,7 +40,7 @@ def scifact() -> tuple[dict[str, dict], dict[str, str], dict[str, dict[str, int]
             d = json.loads(line)
             corpus[d["_id"]] = {"title": d.get("title", ""), "text": d["text"]}
     qrels: dict[str, dict[str, int]] = {}
-    with open(base / "qrels" / "test.tsv", encoding="utf-8") as f:
+    with open(base / "qrels" / f"{split}.tsv", encoding="utf-8") as f:
         next(f)  # header
         for line in f:
             qid, did, score = line.rstrip("\n").split("\t")

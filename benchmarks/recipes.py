@@ -68,6 +68,10 @@ RECIPES: dict[str, dict | None] = {
                               "activations": {"per_row": ["ffn_out"]}},
     "fixed-qkv-ffn-in": {"method": "export", "matmuls": [], "smooth": 0.7, "smooth_skip": ["ffn_out"],
                          "activations": {"per_row": ["attention_out", "ffn_out"]}},  # = default
+    # batch-invariant too (MatMulNBits' accuracy level 4 scales each row's blocks): the former
+    # default's FFN out with the current default's scales everywhere else
+    "per-row-attn-nbits-ffn-out": {"method": "export", "matmuls": ["ffn_out"], "block_size": 256, "smooth": 0.7,
+                                   "smooth_skip": ["ffn_out"], "activations": {"per_row": ["attention_out"]}},
     "static-qdq": {"method": "static", "op_types": ["MatMul"], "per_channel": True, "calibrate": "MinMax"},
     "static-qdq-pct": {"method": "static", "op_types": ["MatMul"], "per_channel": True, "calibrate": "Percentile"},
 }

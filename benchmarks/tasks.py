@@ -38,8 +38,11 @@ def sts_task(lang: str, limit: int | None) -> Task:
                 score)
 
 
-def scifact_task(quick: bool) -> Task:
-    corpus, queries, qrels = scifact()
+def scifact_task(quick: bool, split: str = "test") -> Task:
+    """The test split is the benchmark's row. The train split's 809 queries (never used by the
+    exporter's calibration, export/calibration.py) search the same corpus: with the test split's
+    300 they measure a retrieval difference with ~half its standard error."""
+    corpus, queries, qrels = scifact(split)
     qids = sorted(queries, key=int)
     if quick:  # 30 queries, their relevant documents and the first 150 others
         qids = qids[:30]
@@ -64,7 +67,8 @@ def scifact_task(quick: bool) -> Task:
                 "nDCG@10 per query": [100 * x for x in ndcg]}
 
     docs = [PASSAGE + f"{corpus[d]['title']} {corpus[d]['text']}".strip() for d in dids]
-    return Task("SciFact", "retrieval", {"queries": [QUERY + queries[q] for q in qids], "docs": docs}, score)
+    name, kind = ("SciFact", "retrieval") if split == "test" else (f"SciFact {split}", f"retrieval-{split}")
+    return Task(name, kind, {"queries": [QUERY + queries[q] for q in qids], "docs": docs}, score)
 
 
 def tatoeba_task(lang: str, limit: int | None) -> Task:
@@ -84,6 +88,8 @@ def tasks_for(model: str, quick: bool) -> list[Task]:
     limit = 200 if quick else None
     langs = ("en",) if model == "minilm" else (("en", "de", "zh") if quick else STSB_LANGS)
     tasks = [sts_task(lang, limit) for lang in langs] + [scifact_task(quick)]
+    if not quick:
+        tasks.append(scifact_task(quick, "train"))
     if model == "me5":
         tasks += [tatoeba_task(lang, limit) for lang in (("deu", "cmn", "swh") if quick else TATOEBA_LANGS)]
     return tasks
@@ -93,6 +99,23 @@ def tasks_for(model: str, quick: bool) -> list[Task]:
 def paired_se(candidate: dict, reference: dict) -> dict[str, float]:
     """Standard error of the mean per-query difference to torch: what a drop can be told from."""
     return {k: float(np.std(v - reference[k], ddof=1) / math.sqrt(len(v))) for k, v in candidate.items()}
+
+
+def paired_ci(candidate: dict, reference: dict, rounds: int = 10_000, seed: int = 0) -> dict[str, list[float]]:
+    """95% interval of the mean per-query difference to torch, by paired bootstrap over the queries."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k, v in candidate.items():
+        diff = np.asarray(v) - np.asarray(reference[k])
+        means = diff[rng.integers(0, len(diff), size=(rounds, len(diff)))].mean(axis=1)
+        out[k] = [float(x) for x in np.percentile(means, [2.5, 97.5])]
+    return out
+
+
+def pooled(per_query: dict, metric: str, names: list[str]) -> dict[str, np.ndarray]:
+    """`metric` per query over several tasks' queries (e.g. SciFact test + train), as one row."""
+    rows = [per_query[f"{n} {metric}"] for n in names if f"{n} {metric}" in per_query]
+    return {f"{' + '.join(names)} {metric}": np.concatenate(rows)} if len(rows) == len(names) else {}
 
 
 def cosine_stats(reference: list[np.ndarray], candidate: list[np.ndarray], texts: list[str]) -> dict:

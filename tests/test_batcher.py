@@ -6,6 +6,8 @@ see each session call (`on_batch`) and the order in which requests are answered.
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -73,3 +75,82 @@ def test_unbounded_pool_takes_every_waiting_job_together(embedder):
     finally:
         batcher.close(30)
     assert sum(calls) == 12 and len(calls) <= 4, calls
+
+
+def test_two_workers_share_a_pool_and_answer_every_text_once(embedder):
+    """With 2 workers, one request's calls run side by side on both threads (on_batch holds each
+    worker 50 ms, so the second must take the next call of the same pool), and 20 concurrent
+    requests of 1-9 texts each get exactly Embedder.encode's rows, every text run once."""
+    seen: list[tuple[str, float, float]] = []
+
+    def on_batch(texts, padded, seconds):
+        start = time.perf_counter()
+        time.sleep(0.05)
+        seen.append((threading.current_thread().name, start, time.perf_counter()))
+        calls.append(texts)
+
+    calls: list[int] = []
+    batcher = Batcher(embedder, max_queue_texts=10_000, max_queue_tokens=1_000_000, workers=2, on_batch=on_batch)
+    requests = [texts_of(j, 1 + j % 9) for j in range(20)]
+
+    async def run():
+        one = await submit(batcher, embedder, texts_of(99, 16))  # 4 calls of batch_size 4
+        first = await asyncio.wait_for(one.future, 60)
+        jobs = [await submit(batcher, embedder, t) for t in requests]
+        return first, await asyncio.wait_for(asyncio.gather(*(j.future for j in jobs)), 60)
+
+    try:
+        first, rows = asyncio.run(run())
+    finally:
+        batcher.close(30)
+    np.testing.assert_allclose(first, embedder.encode(texts_of(99, 16)), atol=1e-6)
+    pool = seen[:4]
+    assert {name for name, _, _ in pool} == {"e5-onnx-worker-0", "e5-onnx-worker-1"}, pool
+    assert any(a[1] < b[2] and b[1] < a[2] for a in pool for b in pool if a[0] != b[0]), "no two calls overlapped"
+    for got, texts in zip(rows, requests):
+        np.testing.assert_allclose(got, embedder.encode(texts), atol=1e-6)
+    assert sum(calls) == 16 + sum(map(len, requests))
+    assert batcher.queued_texts == 0 and batcher.queued_tokens == 0
+
+
+class FailingOnce:
+    """The embedder with a session whose first call raises, as a runtime failure would."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self._e, self.failed = embedder, False
+        self.session = self
+
+    def __getattr__(self, name):
+        return getattr(self._e, name)
+
+    def run(self, ids, mask):
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("onnxruntime failed")
+        return self._e.session.run(ids, mask)
+
+
+def test_a_failed_call_fails_its_requests_only(embedder):
+    """The requests with a text in the failed call get its error (and their other calls are
+    skipped); every other request is answered; the queue counts return to zero."""
+    calls: list[int] = []
+    batcher = make(embedder, calls, workers=2)
+    batcher.embedder = FailingOnce(embedder)
+    requests = [texts_of(j, 1 + j % 6) for j in range(10)]
+
+    async def run():
+        with batcher._cond:  # one pool: the first call holds the longest texts
+            jobs = [await submit(batcher, embedder, t) for t in requests]
+        return await asyncio.wait_for(asyncio.gather(*(j.future for j in jobs), return_exceptions=True), 60)
+
+    try:
+        results = asyncio.run(run())
+    finally:
+        batcher.close(30)
+    failed = [k for k, r in enumerate(results) if isinstance(r, Exception)]
+    assert failed and len(failed) < len(requests)
+    assert all(str(results[k]) == "onnxruntime failed" for k in failed)
+    for k, got in enumerate(results):
+        if k not in failed:
+            np.testing.assert_allclose(got, embedder.encode(requests[k]), atol=1e-6)
+    assert batcher.queued_texts == 0 and batcher.queued_tokens == 0 and batcher.dropped_texts == 0

@@ -481,3 +481,16 @@ def test_cli_errors_are_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "e5_onnx.cli", "serve", "--port", "many"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--port" in proc.stderr
+
+
+def test_workers_and_threads_read_flags_and_environment(monkeypatch, capsys):
+    from e5_onnx.server import parse_args
+
+    monkeypatch.setenv("E5_ONNX_WORKERS", "3")
+    settings = parse_args(["--model", "m", "--threads", "2"])
+    assert (settings.workers, settings.threads) == (3, 2)
+    monkeypatch.delenv("E5_ONNX_WORKERS")
+    assert (parse_args(["--model", "m"]).workers, parse_args(["--model", "m"]).threads) == (None, None)  # automatic
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--model", "m", "--workers", "-1"])
+    assert exit_.value.code == 2 and "--workers must be 0 (automatic) or positive" in capsys.readouterr().err

@@ -1,19 +1,26 @@
-"""Dynamic batching for the server: one worker thread owns the onnxruntime session.
+"""Dynamic batching for the server: one queue, one planner, `workers` threads calling one session.
 
-Requests hand in their tokenised texts; the worker pools every text waiting at that moment and
+Requests hand in their tokenised texts; a free worker pools every text waiting at that moment and
 cuts the pool into batches exactly as `Embedder.encode` cuts one list (`TextTokenizer.
 batch_encodings`: length-sorted, at most `batch_size` texts and `max_batch_tokens` padded tokens,
-each batch padded to its own longest). A lone request is therefore batched exactly as
-`Embedder.encode` would batch it. Each request's future is resolved on its event loop as soon as
-its own last text is done, not when the pool is. The queue is bounded in texts and in tokens;
-a job whose client went away is dropped from it.
+each batch padded to its own longest). The batches go to a shared list of planned calls, so the
+next free worker runs the next batch of the same pool before it pools anything new. A lone request
+is therefore batched exactly as `Embedder.encode` would batch it. Each request's future is
+resolved on its event loop as soon as its own last text is done, not when the pool is. The queue
+is bounded in texts and in tokens; a job whose client went away is dropped from it.
 
-The worker takes waiting jobs oldest first until the pool holds `max_pool_tokens` tokens, so
-under a deep queue the oldest requests finish first instead of every request waiting for the
-whole queue. It never waits for batch-mates: the pool is whatever arrived while the last one ran
-(waiting 2-10 ms for more measured slower at 8 and 32 clients: benchmarks/README.md).
+Why several workers over one session (onnxruntime's `run` is thread-safe), each call on one
+thread: the server's calls are small (a pool is what arrived while the last one ran), and a small
+call split over two threads spends much of its time waking and waiting for the other thread. Two
+one-thread calls side by side did 1.7x the texts/s of one two-thread call on 16-query lists, and
+one query takes the same time on one thread as on two with spinning off (benchmarks/README.md#serve).
 
-With batching off, the worker takes one request at a time (the `Embedder.encode` of its texts
+Pools are taken oldest first until they hold `max_pool_tokens` tokens, so under a deep queue the
+oldest requests finish first instead of every request waiting for the whole queue. A worker
+never waits for batch-mates: the pool is whatever arrived while the last one ran (waiting 2-10 ms
+for more measured slower at 8 and 32 clients).
+
+With batching off, a worker takes one request at a time (the `Embedder.encode` of its texts
 alone): the baseline `benchmarks/serve.py` compares against.
 """
 from __future__ import annotations
@@ -30,6 +37,7 @@ import numpy as np
 from tokenizers import Encoding
 
 from .pool import mean_pool_normalize
+from .tokenize import Batch
 
 
 class QueueFull(Exception):
@@ -51,7 +59,8 @@ class Job:
     out: np.ndarray
     remaining: int  # texts not yet embedded or dropped
     remaining_tokens: int
-    cancelled: bool = False
+    cancelled: bool = False  # the client went away, or the job failed: its unrun texts are skipped
+    failed: bool = False
     queued: bool = True  # still waiting in the queue (not yet in the worker's pool)
 
 
@@ -66,27 +75,33 @@ def _fail(job: Job, error: BaseException) -> None:
 
 
 class Batcher:
-    """Owns `embedder`'s session from one thread. `submit` is called on the event loop and never blocks
-    on inference; `on_batch(texts, padded_tokens, seconds)` is called from the worker after each batch."""
+    """Runs `embedder`'s session from `workers` threads. `submit` is called on the event loop and never
+    blocks on inference; `on_batch(texts, padded_tokens, seconds)` is called from a worker after each call."""
 
     def __init__(self, embedder, *, max_queue_texts: int, max_queue_tokens: int, batching: bool = True,
-                 max_pool_tokens: int | None = None,
+                 workers: int = 1, max_pool_tokens: int | None = None,
                  on_batch: Callable[[int, int, float], None] | None = None) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
         self.embedder = embedder
         self.max_queue_texts = max_queue_texts
         self.max_queue_tokens = max_queue_tokens
         self.batching = batching
+        self.workers = workers
         self.max_pool_tokens = max_pool_tokens or 8 * embedder.max_batch_tokens
         self.on_batch = on_batch or (lambda *_: None)
-        self.queued_texts = 0  # accepted and not yet embedded (waiting or in the worker's pool)
+        self.queued_texts = 0  # accepted and not yet embedded (waiting, planned or running)
         self.queued_tokens = 0
         self.dropped_texts = 0  # texts of cancelled jobs that were never run
-        self._seconds_per_token = 2e-4  # running estimate, for Retry-After
-        self._pending: deque[Job] = deque()
+        self._seconds_per_token = 2e-4  # running estimate per worker, for Retry-After
+        self._pending: deque[Job] = deque()  # jobs not yet pooled, oldest first
+        self._calls: deque[tuple[list[tuple[Job, int]], Batch]] = deque()  # planned, not yet started
         self._cond = threading.Condition()
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="e5-onnx-batcher", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, name=f"e5-onnx-worker-{k}", daemon=True)
+                         for k in range(workers)]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, encodings: list[Encoding], loop: asyncio.AbstractEventLoop) -> Job:
         """Queue one request's texts, or raise QueueFull (or ValueError if it can never fit)."""
@@ -101,7 +116,7 @@ class Batcher:
             if self._stopping:
                 raise QueueFull("the server is shutting down", retry_after=1)
             if self.queued_texts + n > self.max_queue_texts or self.queued_tokens + tokens > self.max_queue_tokens:
-                wait = math.ceil((self.queued_tokens + tokens) * self._seconds_per_token)
+                wait = math.ceil((self.queued_tokens + tokens) * self._seconds_per_token / self.workers)
                 raise QueueFull(f"the queue is full ({self.queued_texts} texts, {self.queued_tokens} tokens "
                                 "waiting): retry later", retry_after=max(1, wait))
             self.queued_texts += n
@@ -114,7 +129,8 @@ class Batcher:
         return job
 
     def cancel(self, job: Job) -> None:
-        """The client went away: drop the job's waiting texts (texts already in a running batch finish)."""
+        """The client went away: drop the job's waiting texts (texts already in a running call finish;
+        texts in planned calls are skipped when their call starts)."""
         with self._cond:
             if job.cancelled or job.remaining == 0:
                 return
@@ -126,11 +142,13 @@ class Batcher:
                 self._release(job, job.remaining, job.remaining_tokens)
 
     def close(self, timeout: float | None = None) -> None:
-        """Finish everything accepted, then stop the worker."""
+        """Finish everything accepted, then stop the workers."""
         with self._cond:
             self._stopping = True
-            self._cond.notify()
-        self._thread.join(timeout)
+            self._cond.notify_all()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def _release(self, job: Job, texts: int, tokens: int) -> None:
         job.remaining -= texts
@@ -138,51 +156,59 @@ class Batcher:
         self.queued_texts -= texts
         self.queued_tokens -= tokens
 
-    def _take(self) -> list[Job] | None:
+    def _take(self) -> tuple[list[tuple[Job, int]], Batch] | None:
+        """The next planned call; when there is none, the waiting jobs pooled (oldest first) and planned."""
         with self._cond:
-            while not self._pending and not self._stopping:
+            while not self._calls and not self._pending and not self._stopping:
                 self._cond.wait()
-            if not self._pending:
-                return None
-            jobs = [self._pending.popleft()]
-            tokens = jobs[0].remaining_tokens
-            while self.batching and self._pending and tokens + self._pending[0].remaining_tokens <= self.max_pool_tokens:
-                jobs.append(self._pending.popleft())
-                tokens += jobs[-1].remaining_tokens
-            for job in jobs:
-                job.queued = False
-            return jobs
+            if not self._calls:
+                if not self._pending:
+                    return None  # stopping, and everything accepted is done
+                self._plan()
+            call = self._calls.popleft()
+            if self._calls:
+                self._cond.notify()  # another worker can start the next call of this pool
+            return call
+
+    def _plan(self) -> None:
+        jobs = [self._pending.popleft()]
+        tokens = jobs[0].remaining_tokens
+        while self.batching and self._pending and tokens + self._pending[0].remaining_tokens <= self.max_pool_tokens:
+            jobs.append(self._pending.popleft())
+            tokens += jobs[-1].remaining_tokens
+        for job in jobs:
+            job.queued = False
+        rows = [(job, i) for job in jobs for i in range(len(job.encodings))]
+        encodings = [job.encodings[i] for job, i in rows]
+        e = self.embedder
+        for batch in e.tokenizer.batch_encodings(encodings, e.batch_size, e.max_batch_tokens):
+            self._calls.append(([rows[k] for k in batch.order], batch))
 
     def _run(self) -> None:
-        while (jobs := self._take()) is not None:
-            rows = [(job, i) for job in jobs for i in range(len(job.encodings))]
+        while (call := self._take()) is not None:
+            rows, batch = call
             try:
-                self._embed(rows)
+                self._embed(rows, batch)
             except Exception as error:  # a bug or a runtime failure: fail these requests, keep serving
-                with self._cond:
-                    for job in jobs:
-                        self._release(job, job.remaining, job.remaining_tokens)
-                        job.loop.call_soon_threadsafe(_fail, job, error)
+                self._fail_call(rows, error)
 
-    def _embed(self, rows: list[tuple[Job, int]]) -> None:
-        tokenizer, session = self.embedder.tokenizer, self.embedder.session
-        encodings = [job.encodings[i] for job, i in rows]
-        for batch in tokenizer.batch_encodings(encodings, self.embedder.batch_size, self.embedder.max_batch_tokens):
-            keep = np.fromiter((not rows[k][0].cancelled for k in batch.order), dtype=bool, count=len(batch.order))
-            order, ids, mask = batch.order, batch.input_ids, batch.attention_mask
-            if not keep.all():  # a client left after the pool was cut: skip its texts
-                self._skip([rows[k] for k in order[~keep]])
-                if not keep.any():
-                    continue
-                order, ids, mask = order[keep], ids[keep], mask[keep]
-                width = int(mask.sum(axis=1).max())
-                ids, mask = ids[:, :width], mask[:, :width]
-            start = time.perf_counter()
-            vectors = mean_pool_normalize(session.run(ids, mask), mask)
-            seconds = time.perf_counter() - start
-            self._seconds_per_token = 0.8 * self._seconds_per_token + 0.2 * seconds / mask.size
-            self.on_batch(len(order), int(mask.size), seconds)  # before the answers: /metrics already counts them
-            self._deliver([rows[k] for k in order], vectors)
+    def _embed(self, rows: list[tuple[Job, int]], batch: Batch) -> None:
+        keep = np.fromiter((not job.cancelled for job, _ in rows), dtype=bool, count=len(rows))
+        ids, mask = batch.input_ids, batch.attention_mask
+        if not keep.all():  # a client left after the pool was cut: skip its texts
+            self._skip([row for row, k in zip(rows, keep) if not k])
+            if not keep.any():
+                return
+            rows = [row for row, k in zip(rows, keep) if k]
+            ids, mask = ids[keep], mask[keep]
+            width = int(mask.sum(axis=1).max())
+            ids, mask = ids[:, :width], mask[:, :width]
+        start = time.perf_counter()
+        vectors = mean_pool_normalize(self.embedder.session.run(ids, mask), mask)
+        seconds = time.perf_counter() - start
+        self._seconds_per_token = 0.8 * self._seconds_per_token + 0.2 * seconds / mask.size
+        self.on_batch(len(rows), int(mask.size), seconds)  # before the answers: /metrics already counts them
+        self._deliver(rows, vectors)
 
     def _deliver(self, rows: list[tuple[Job, int]], vectors: np.ndarray) -> None:
         with self._cond:
@@ -196,4 +222,13 @@ class Batcher:
         with self._cond:
             for job, i in rows:
                 self._release(job, 1, len(job.encodings[i].ids))
-                self.dropped_texts += 1
+                self.dropped_texts += not job.failed
+
+    def _fail_call(self, rows: list[tuple[Job, int]], error: BaseException) -> None:
+        """Fail every request with a text in this call; their texts in later calls are skipped."""
+        with self._cond:
+            for job, i in rows:
+                self._release(job, 1, len(job.encodings[i].ids))
+                if not job.failed:
+                    job.failed = job.cancelled = True
+                    job.loop.call_soon_threadsafe(_fail, job, error)

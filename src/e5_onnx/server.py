@@ -1,8 +1,8 @@
 """`e5-onnx serve`: an OpenAI-compatible embedding server (starlette + uvicorn, the [serve] extra).
 
 Routes: POST /v1/embeddings, GET /v1/models, GET /health (503 until the model is loaded),
-GET /metrics (Prometheus text). Concurrent requests are batched together by one worker thread
-that owns the onnxruntime session (batcher.py), so the event loop never waits on inference.
+GET /metrics (Prometheus text). Concurrent requests are batched together (batcher.py) and run on
+worker threads sharing one onnxruntime session, so the event loop never waits on inference.
 Every error is an OpenAI-style JSON object; no request can get a stack trace. With
 E5_ONNX_API_KEY set, every route but /health needs `Authorization: Bearer <key>`. SIGTERM stops
 accepting connections, finishes the accepted requests (within --grace seconds) and exits 0.
@@ -31,6 +31,7 @@ from starlette.routing import Route
 from .batcher import Batcher, QueueFull
 from .embedder import VARIANTS, Embedder, resolve_model_dir
 from .manifest import load_manifest
+from .session import available_cores
 from .metrics import Metrics
 from .openai_api import ApiError, parse_embeddings_request, parse_json, render_embeddings
 
@@ -47,7 +48,8 @@ class Settings:
     variant: str = "int8"
     host: str = "127.0.0.1"
     port: int = 8080
-    threads: int | None = None
+    workers: int | None = None  # None: the cores this process may use
+    threads: int | None = None  # per worker; None: the cores divided among the workers
     served_name: str | None = None
     api_key: str | None = None
     max_inputs: int = 2048
@@ -87,11 +89,13 @@ class Service:
     def load(self) -> None:
         s = self.settings
         try:
-            embedder = Embedder(self.model_dir, s.variant, threads=s.threads, batch_size=s.batch_size,
+            workers = s.workers or available_cores()
+            threads = s.threads or max(1, available_cores() // workers)
+            embedder = Embedder(self.model_dir, s.variant, threads=threads, batch_size=s.batch_size,
                                 max_batch_tokens=s.max_batch_tokens, spinning=s.spinning)
             self.embedder = embedder
             self.batcher = Batcher(embedder, max_queue_texts=s.max_queue_texts, max_queue_tokens=s.max_queue_tokens,
-                                   batching=s.batching, on_batch=self._on_batch)
+                                   batching=s.batching, workers=workers, on_batch=self._on_batch)
             log.info("model %s (%s) loaded from %s", self.name, s.variant, self.model_dir)
         except Exception as error:  # a tampered or unreadable export: report it and stop the server
             self.error = error
@@ -330,7 +334,10 @@ def parse_args(argv: Sequence[str]) -> Settings:
     flag("--variant", "E5_ONNX_VARIANT", d.variant, choices=VARIANTS)
     flag("--host", "E5_ONNX_HOST", d.host, help_="address to bind; 0.0.0.0 listens on every interface")
     flag("--port", "E5_ONNX_PORT", d.port, int)
-    flag("--threads", "E5_ONNX_THREADS", 0, int, help_="onnxruntime threads; 0: the cores this process may use")
+    flag("--workers", "E5_ONNX_WORKERS", 0, int,
+         help_="threads running onnxruntime calls side by side; 0: the cores this process may use")
+    flag("--threads", "E5_ONNX_THREADS", 0, int,
+         help_="onnxruntime threads per call; 0: the cores this process may use divided among the workers")
     flag("--served-model-name", "E5_ONNX_SERVED_MODEL_NAME", None, dest="served_name",
          help_="the `model` the responses and /v1/models name (default: the export's name)")
     flag("--max-inputs", "E5_ONNX_MAX_INPUTS", d.max_inputs, int, help_="texts per request (else 422)")
@@ -358,6 +365,10 @@ def parse_args(argv: Sequence[str]) -> Settings:
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(a, name)}")
     settings = Settings(**{k: v for k, v in vars(a).items() if k in Settings.__dataclass_fields__})
+    for name in ("workers", "threads"):
+        if getattr(a, name) < 0:
+            p.error(f"--{name} must be 0 (automatic) or positive, got {getattr(a, name)}")
+    settings.workers = a.workers or None
     settings.threads = a.threads or None
     settings.batching = a.batching == "on"
     settings.spinning = a.spinning == "on"
