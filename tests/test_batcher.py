@@ -154,3 +154,41 @@ def test_a_failed_call_fails_its_requests_only(embedder):
         if k not in failed:
             np.testing.assert_allclose(got, embedder.encode(requests[k]), atol=1e-6)
     assert batcher.queued_texts == 0 and batcher.queued_tokens == 0 and batcher.dropped_texts == 0
+
+
+class PlanFailsOnce:
+    """The embedder with a tokenizer whose first cut of a pool raises, as a bug in planning would."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self._e, self.failed = embedder, False
+        self.tokenizer = self
+
+    def __getattr__(self, name):
+        return getattr(self._e, name)
+
+    def batch_encodings(self, *args):
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("planning failed")
+        return self._e.tokenizer.batch_encodings(*args)
+
+
+def test_a_failed_plan_fails_its_pool_and_the_workers_keep_serving(embedder):
+    calls: list[int] = []
+    batcher = make(embedder, calls, workers=2)
+    batcher.embedder = PlanFailsOnce(embedder)
+
+    async def run():
+        with batcher._cond:  # the first three share the pool whose planning fails
+            first = [await submit(batcher, embedder, texts_of(j, 2)) for j in range(3)]
+        failed = await asyncio.wait_for(asyncio.gather(*(j.future for j in first), return_exceptions=True), 60)
+        later = await submit(batcher, embedder, texts_of(7, 3))
+        return failed, await asyncio.wait_for(later.future, 60)
+
+    try:
+        failed, later = asyncio.run(run())
+    finally:
+        batcher.close(30)
+    assert [str(f) for f in failed] == ["planning failed"] * 3
+    np.testing.assert_allclose(later, embedder.encode(texts_of(7, 3)), atol=1e-6)
+    assert batcher.queued_texts == 0 and batcher.queued_tokens == 0

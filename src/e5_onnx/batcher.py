@@ -98,6 +98,7 @@ class Batcher:
         self._calls: deque[tuple[list[tuple[Job, int]], Batch]] = deque()  # planned, not yet started
         self._cond = threading.Condition()
         self._stopping = False
+        self._planning = False  # a worker is cutting a pool into calls (outside the lock)
         self._threads = [threading.Thread(target=self._run, name=f"e5-onnx-worker-{k}", daemon=True)
                          for k in range(workers)]
         for thread in self._threads:
@@ -157,20 +158,37 @@ class Batcher:
         self.queued_tokens -= tokens
 
     def _take(self) -> tuple[list[tuple[Job, int]], Batch] | None:
-        """The next planned call; when there is none, the waiting jobs pooled (oldest first) and planned."""
+        """The next planned call; when there is none, the waiting jobs pooled (oldest first) and
+        planned. One worker plans at a time, outside the lock (cutting and padding a deep pool
+        takes a few ms that `submit` on the event loop must not wait for), so pools run in order."""
         with self._cond:
-            while not self._calls and not self._pending and not self._stopping:
+            while not self._calls and (self._planning or not self._pending) and not self._stopping:
                 self._cond.wait()
-            if not self._calls:
-                if not self._pending:
+            while not self._calls:
+                if not self._pending and not self._planning:
                     return None  # stopping, and everything accepted is done
-                self._plan()
-            call = self._calls.popleft()
-            if self._calls:
-                self._cond.notify()  # another worker can start the next call of this pool
-            return call
+                if self._planning:  # stopping, and another worker is planning the last pool
+                    self._cond.wait()
+                    continue
+                jobs = self._pool()
+                self._planning = True
+                self._cond.release()
+                try:
+                    calls, error = self._plan(jobs), None
+                except Exception as failure:  # a bug: fail this pool's requests, keep serving
+                    calls, error = [], failure
+                finally:
+                    self._cond.acquire()
+                    self._planning = False
+                for job in jobs if error else ():
+                    self._release(job, job.remaining, job.remaining_tokens)
+                    job.failed = job.cancelled = True
+                    job.loop.call_soon_threadsafe(_fail, job, error)
+                self._calls.extend(calls)
+                self._cond.notify_all()
+            return self._calls.popleft()
 
-    def _plan(self) -> None:
+    def _pool(self) -> list[Job]:
         jobs = [self._pending.popleft()]
         tokens = jobs[0].remaining_tokens
         while self.batching and self._pending and tokens + self._pending[0].remaining_tokens <= self.max_pool_tokens:
@@ -178,11 +196,14 @@ class Batcher:
             tokens += jobs[-1].remaining_tokens
         for job in jobs:
             job.queued = False
+        return jobs
+
+    def _plan(self, jobs: list[Job]) -> list[tuple[list[tuple[Job, int]], Batch]]:
         rows = [(job, i) for job in jobs for i in range(len(job.encodings))]
         encodings = [job.encodings[i] for job, i in rows]
         e = self.embedder
-        for batch in e.tokenizer.batch_encodings(encodings, e.batch_size, e.max_batch_tokens):
-            self._calls.append(([rows[k] for k in batch.order], batch))
+        return [([rows[k] for k in batch.order], batch)
+                for batch in e.tokenizer.batch_encodings(encodings, e.batch_size, e.max_batch_tokens)]
 
     def _run(self) -> None:
         while (call := self._take()) is not None:
