@@ -222,9 +222,9 @@ def run_embedder(model_dir: Path, reqs: dict, n_texts: int) -> dict:
         out[workload] = {"texts_per_s": rate([texts]), "texts": len(texts),
                          "texts_per_call": len(texts) / len(batches),
                          "padded_tokens_per_text": sum(b.input_ids.size for b in batches) / len(texts)}
-    # The queries handed over clients/2 at a time: with closed-loop clients and a worker that is
-    # never idle, about half of them can be waiting while the other half's pool runs, so these
-    # lists are the pools a server could form at best (1 client: one query at a time).
+    # The queries handed over clients/2 at a time: with closed-loop clients and busy workers,
+    # about half of them can be waiting while the other half's pools run, so these lists are
+    # the pools a server can form (1 client: one query at a time).
     queries = [t for r in reqs["query"] for t in r][:n_texts]
     out["query_pools"] = {}
     for clients in CONCURRENCY:
@@ -272,7 +272,7 @@ def ms(cell: dict) -> str:
     return f"{cell['p50_ms']:.1f} / {cell['p99_ms']:.1f}" if cell["requests"] else "–"
 
 
-def pooled(cell: dict, pool: dict | None) -> str:
+def pool_share(cell: dict, pool: dict | None) -> str:
     return f"{ratio(cell['texts_per_s'], pool['texts_per_s'], '.0%')} (lists of {pool['pool']})" if pool else "–"
 
 
@@ -295,7 +295,7 @@ def markdown(res: dict) -> str:
                          f"{a['requests_per_s']:.1f} | {ms(a)} | {b['requests_per_s']:.1f} | "
                          f"{ms(b)} | {ratio(a['requests_per_s'], b['requests_per_s'], '.2f')} | "
                          f"{ratio(a['texts_per_s'], enc[workload]['texts_per_s'], '.0%')} | "
-                         f"{pooled(a, pools.get(str(clients))) if workload == 'query' else ''} | {pad(a)} |")
+                         f"{pool_share(a, pools.get(str(clients))) if workload == 'query' else ''} | {pad(a)} |")
     lines.append(f"| Embedder.encode, no HTTP | | queries {enc['query']['texts_per_s']:.0f} texts/s, mixed "
                  f"{enc['mixed']['texts_per_s']:.0f} texts/s | one query at a time {enc['query_single']['p50_ms']:.1f} / "
                  f"{enc['query_single']['p99_ms']:.1f} | | | | | {pool_rates(pools)} | queries {pad(enc['query'])}, "
