@@ -162,31 +162,33 @@ class Batcher:
         planned. One worker plans at a time, outside the lock (cutting and padding a deep pool
         takes a few ms that `submit` on the event loop must not wait for), so pools run in order."""
         with self._cond:
-            while not self._calls and (self._planning or not self._pending) and not self._stopping:
-                self._cond.wait()
             while not self._calls:
-                if not self._pending and not self._planning:
-                    return None  # stopping, and everything accepted is done
-                if self._planning:  # stopping, and another worker is planning the last pool
+                if self._pending and not self._planning:
+                    self._plan_next()
+                elif self._stopping and not self._pending and not self._planning:
+                    return None  # everything accepted is done
+                else:
                     self._cond.wait()
-                    continue
-                jobs = self._pool()
-                self._planning = True
-                self._cond.release()
-                try:
-                    calls, error = self._plan(jobs), None
-                except Exception as failure:  # a bug: fail this pool's requests, keep serving
-                    calls, error = [], failure
-                finally:
-                    self._cond.acquire()
-                    self._planning = False
-                for job in jobs if error else ():
-                    self._release(job, job.remaining, job.remaining_tokens)
-                    job.failed = job.cancelled = True
-                    job.loop.call_soon_threadsafe(_fail, job, error)
-                self._calls.extend(calls)
-                self._cond.notify_all()
             return self._calls.popleft()
+
+    def _plan_next(self) -> None:
+        """Pool the oldest waiting jobs and cut them into calls; called and returns holding the lock."""
+        jobs = self._pool()
+        self._planning = True
+        self._cond.release()
+        try:
+            calls, error = self._plan(jobs), None
+        except Exception as failure:  # a bug: fail this pool's requests, keep serving
+            calls, error = [], failure
+        finally:
+            self._cond.acquire()
+            self._planning = False
+        for job in jobs if error else ():
+            self._release(job, job.remaining, job.remaining_tokens)
+            job.failed = job.cancelled = True
+            job.loop.call_soon_threadsafe(_fail, job, error)
+        self._calls.extend(calls)
+        self._cond.notify_all()
 
     def _pool(self) -> list[Job]:
         jobs = [self._pending.popleft()]
