@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -113,21 +114,27 @@ def test_two_workers_share_a_pool_and_answer_every_text_once(embedder):
     assert batcher.queued_texts == 0 and batcher.queued_tokens == 0
 
 
-class FailingOnce:
-    """The embedder with a session whose first call raises, as a runtime failure would."""
+class FailsOnce:
+    """`part` (the embedder's session or tokenizer) with `method` raising on its first call:
+    `session.run` as a runtime failure would, `tokenizer.batch_encodings` as a bug in planning would."""
 
-    def __init__(self, embedder: Embedder) -> None:
-        self._e, self.failed = embedder, False
-        self.session = self
+    def __init__(self, part, method: str, message: str) -> None:
+        self._part, self._method, self._message, self.failed = part, method, message, False
 
     def __getattr__(self, name):
-        return getattr(self._e, name)
+        return self._once if name == self._method else getattr(self._part, name)
 
-    def run(self, ids, mask):
+    def _once(self, *args):
         if not self.failed:
             self.failed = True
-            raise RuntimeError("onnxruntime failed")
-        return self._e.session.run(ids, mask)
+            raise RuntimeError(self._message)
+        return getattr(self._part, self._method)(*args)
+
+
+def failing(embedder: Embedder, part: str, method: str, message: str) -> SimpleNamespace:
+    """What the batcher reads of an embedder, with one part failing once."""
+    fields = {k: getattr(embedder, k) for k in ("tokenizer", "session", "batch_size", "max_batch_tokens", "dim")}
+    return SimpleNamespace(**{**fields, part: FailsOnce(fields[part], method, message)})
 
 
 def test_a_failed_call_fails_its_requests_only(embedder):
@@ -135,7 +142,7 @@ def test_a_failed_call_fails_its_requests_only(embedder):
     skipped); every other request is answered; the queue counts return to zero."""
     calls: list[int] = []
     batcher = make(embedder, calls, workers=2)
-    batcher.embedder = FailingOnce(embedder)
+    batcher.embedder = failing(embedder, "session", "run", "onnxruntime failed")
     requests = [texts_of(j, 1 + j % 6) for j in range(10)]
 
     async def run():
@@ -156,27 +163,10 @@ def test_a_failed_call_fails_its_requests_only(embedder):
     assert batcher.queued_texts == 0 and batcher.queued_tokens == 0 and batcher.dropped_texts == 0
 
 
-class PlanFailsOnce:
-    """The embedder with a tokenizer whose first cut of a pool raises, as a bug in planning would."""
-
-    def __init__(self, embedder: Embedder) -> None:
-        self._e, self.failed = embedder, False
-        self.tokenizer = self
-
-    def __getattr__(self, name):
-        return getattr(self._e, name)
-
-    def batch_encodings(self, *args):
-        if not self.failed:
-            self.failed = True
-            raise RuntimeError("planning failed")
-        return self._e.tokenizer.batch_encodings(*args)
-
-
 def test_a_failed_plan_fails_its_pool_and_the_workers_keep_serving(embedder):
     calls: list[int] = []
     batcher = make(embedder, calls, workers=2)
-    batcher.embedder = PlanFailsOnce(embedder)
+    batcher.embedder = failing(embedder, "tokenizer", "batch_encodings", "planning failed")
 
     async def run():
         with batcher._cond:  # the first three share the pool whose planning fails
