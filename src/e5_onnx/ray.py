@@ -44,10 +44,10 @@ def actor_cpus() -> int:
 class EmbedBatch:
     """Callable class for `map_batches(EmbedBatch, batch_format="pyarrow", fn_constructor_kwargs=...)`."""
 
-    def __init__(self, model: str, variant: str = "int8", text_column: str = "text",
+    def __init__(self, model: str, variant: str | None = None, text_column: str = "text",
                  embedding_column: str = "embedding", prefix: str = "none", long_text: str = "truncate",
-                 threads: int | None = None, keep_text: bool = False) -> None:
-        self.embedder = Embedder(model, variant, threads=threads or actor_cpus(), long_text=long_text)
+                 threads: int | None = None, keep_text: bool = False, backend: str | None = None) -> None:
+        self.embedder = Embedder(model, variant, backend=backend, threads=threads or actor_cpus(), long_text=long_text)
         self.prefix = {"none": "", "query": self.embedder.query_prefix, "passage": self.embedder.passage_prefix}[prefix]
         self.text_column, self.embedding_column, self.keep_text = text_column, embedding_column, keep_text
 
@@ -125,7 +125,7 @@ def run_job(args: argparse.Namespace) -> int:
         ds = ds.select_columns([c for c in names if c in (args.text_column, args.id_column or "id")])
         actors = args.actors or max(1, int(ray.cluster_resources().get("CPU", 1)) // args.cpus_per_actor)
         embedded = embed_dataset(ds, model, actors=actors, cpus_per_actor=args.cpus_per_actor,
-                                 batch_size=args.chunk_size, variant=args.variant, text_column=args.text_column,
+                                 batch_size=args.chunk_size, variant=args.variant, backend=args.backend, text_column=args.text_column,
                                  prefix=args.prefix, long_text=args.long_text)
         write_parquet(embedded, args.output)
         rows = pa.parquet.ParquetDataset(args.output).read(columns=[]).num_rows if local_out else "?"

@@ -28,6 +28,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from .backends import BACKENDS
 from .batcher import Batcher, QueueFull
 from .embedder import VARIANTS, Embedder, resolve_model_dir
 from .manifest import load_manifest
@@ -45,7 +46,8 @@ INLINE_CHARS, INLINE_TEXTS = 16_384, 32
 @dataclass
 class Settings:
     model: str
-    variant: str = "int8"
+    variant: str | None = None  # None: the backend's default
+    backend: str | None = None  # None: $E5_ONNX_BACKEND, else onnxruntime
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int | None = None  # None: the cores this process may use
@@ -91,12 +93,12 @@ class Service:
         try:
             workers = s.workers or available_cores()
             threads = s.threads or max(1, available_cores() // workers)
-            embedder = Embedder(self.model_dir, s.variant, threads=threads, batch_size=s.batch_size,
+            embedder = Embedder(self.model_dir, s.variant, backend=s.backend, threads=threads, batch_size=s.batch_size,
                                 max_batch_tokens=s.max_batch_tokens, spinning=s.spinning)
             self.embedder = embedder
             self.batcher = Batcher(embedder, max_queue_texts=s.max_queue_texts, max_queue_tokens=s.max_queue_tokens,
                                    batching=s.batching, workers=workers, on_batch=self._on_batch)
-            log.info("model %s (%s) loaded from %s", self.name, s.variant, self.model_dir)
+            log.info("model %s (%s, %s) loaded from %s", self.name, embedder.variant, embedder.backend, self.model_dir)
         except Exception as error:  # a tampered or unreadable export: report it and stop the server
             self.error = error
             log.error("could not load the model: %s", error)
@@ -331,7 +333,10 @@ def parse_args(argv: Sequence[str]) -> Settings:
         p.add_argument(name, type=type_, default=env(var, default), help=f"{help_} (${var}; default {default})", **kw)
 
     flag("--model", "E5_ONNX_MODEL", None, dest="model", help_="export directory or model name")
-    flag("--variant", "E5_ONNX_VARIANT", d.variant, choices=VARIANTS)
+    flag("--variant", "E5_ONNX_VARIANT", d.variant, choices=VARIANTS,
+         help_="int8 or fp32 (onnxruntime), bf16 or fp32 (openvino); none: the backend's default")
+    flag("--backend", "E5_ONNX_BACKEND", d.backend, choices=BACKENDS,
+         help_="onnxruntime, openvino (the [openvino] extra) or auto (openvino bf16 on AMX CPUs); none: onnxruntime")
     flag("--host", "E5_ONNX_HOST", d.host, help_="address to bind; 0.0.0.0 listens on every interface")
     flag("--port", "E5_ONNX_PORT", d.port, int)
     flag("--workers", "E5_ONNX_WORKERS", 0, int,

@@ -67,22 +67,36 @@ class EncoderSession:
         self.session = ort.InferenceSession(str(model_path), session_options(threads, spinning),
                                             providers=["CPUExecutionProvider"],
                                             disabled_optimizers=DISABLED_OPTIMIZERS)
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        known = {"input_ids", "attention_mask", "token_type_ids", "position_ids"}
-        unknown = set(self.input_names) - known
-        if unknown or "input_ids" not in self.input_names:
-            raise ValueError(f"unsupported ONNX graph inputs {self.input_names}; expected a BERT-style encoder")
+        self.input_names = check_inputs([i.name for i in self.session.get_inputs()])
         self.output_name = self.session.get_outputs()[0].name
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """(batch, seq) int64 ids and mask -> (batch, seq, dim) last hidden state."""
-        feed: dict[str, np.ndarray] = {"input_ids": input_ids}
-        if "attention_mask" in self.input_names:
-            feed["attention_mask"] = attention_mask
-        if "token_type_ids" in self.input_names:
-            feed["token_type_ids"] = np.zeros_like(input_ids)
-        if "position_ids" in self.input_names:
-            feed["position_ids"] = np.broadcast_to(
-                np.arange(input_ids.shape[1], dtype=np.int64) + self.position_offset, input_ids.shape
-            ).copy()
+        feed = graph_feed(self.input_names, input_ids, attention_mask, self.position_offset)
         return self.session.run([self.output_name], feed)[0]
+
+
+GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+
+
+def check_inputs(names: list[str]) -> list[str]:
+    """The graph's input names, if this runtime knows how to feed every one of them."""
+    if set(names) - set(GRAPH_INPUTS) or "input_ids" not in names:
+        raise ValueError(f"unsupported ONNX graph inputs {names}; expected a BERT-style encoder")
+    return names
+
+
+def graph_feed(input_names: list[str], input_ids: np.ndarray, attention_mask: np.ndarray,
+               position_offset: int = 0) -> dict[str, np.ndarray]:
+    """The inputs the graph declares: token_type_ids are zeros, position_ids count from
+    position_offset (XLM-R layout: padding_idx + 1)."""
+    feed: dict[str, np.ndarray] = {"input_ids": input_ids}
+    if "attention_mask" in input_names:
+        feed["attention_mask"] = attention_mask
+    if "token_type_ids" in input_names:
+        feed["token_type_ids"] = np.zeros_like(input_ids)
+    if "position_ids" in input_names:
+        feed["position_ids"] = np.broadcast_to(
+            np.arange(input_ids.shape[1], dtype=np.int64) + position_offset, input_ids.shape
+        ).copy()
+    return feed

@@ -1,0 +1,64 @@
+"""Which engine runs the graph: onnxruntime (the runtime's own, every variant) or OpenVINO (an
+optional extra, the fp32 graph at bf16 or f32), and the variant each defaults to.
+
+"auto" takes OpenVINO at bf16 where it is installed and the CPU has AMX (measured there at
+1.6-2x onnxruntime INT8's throughput, benchmarks/bench.py), onnxruntime INT8 everywhere else
+(on CPUs without AMX, OpenVINO's bf16 is emulated or off and INT8 on onnxruntime is faster).
+"""
+from __future__ import annotations
+
+import os
+from importlib.util import find_spec
+from pathlib import Path
+
+BACKENDS = ("onnxruntime", "openvino", "auto")
+VARIANTS = {"onnxruntime": ("int8", "fp32"), "openvino": ("bf16", "fp32")}
+DEFAULT_VARIANT = {"onnxruntime": "int8", "openvino": "bf16"}
+ENV = "E5_ONNX_BACKEND"  # the backend when none is passed: every surface (server, Lambda, jobs, Ray) reads it
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def resolve(backend: str | None, variant: str | None) -> tuple[str, str]:
+    """(backend, variant) to load, from what the caller asked (None: $E5_ONNX_BACKEND, else
+    onnxruntime; the backend's default variant); a ValueError names what is not possible."""
+    backend = backend or os.environ.get(ENV) or "onnxruntime"
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "auto":
+        fast_bf16 = "amx_bf16" in cpu_flags() and find_spec("openvino") is not None
+        wants_openvino = variant in (None, "bf16") and fast_bf16 or variant == "bf16"
+        backend = "openvino" if wants_openvino else "onnxruntime"
+    variant = variant or DEFAULT_VARIANT[backend]
+    if variant not in VARIANTS[backend]:
+        known = sorted({v for vs in VARIANTS.values() for v in vs})
+        if variant not in known:
+            raise ValueError(f"unknown variant {variant!r}; choose one of {known}")
+        other = next(b for b, vs in VARIANTS.items() if variant in vs)
+        raise ValueError(f"the {backend} backend does not run the {variant!r} variant; use backend={other!r}")
+    return backend, variant
+
+
+def open_session(backend: str, variant: str, graph: Path, threads: int | None, position_offset: int,
+                 spinning: bool = True):
+    """A session with run(input_ids, attention_mask) -> last hidden state, for a resolved pair."""
+    if backend == "openvino":
+        from .openvino_session import OpenVINOSession
+        from .session import available_cores
+
+        cores = available_cores()
+        threads = threads or cores
+        return OpenVINOSession(graph, variant, threads, streams=max(1, cores // threads),
+                               position_offset=position_offset)
+    from .session import EncoderSession
+
+    return EncoderSession(graph, threads=threads, position_offset=position_offset, spinning=spinning)
