@@ -60,8 +60,13 @@ class OpenVINOSession:
             # A pinned pool would fight other processes for the same cores (Ray actors, several servers).
             "ENABLE_CPU_PINNING": False,
         })
-        self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # "bf16" / "f32"
         self._local = threading.local()
+        # One call here, on the loading thread: the first infer() of a process initialises statics
+        # in OpenVINO's Python binding, and two threads making that first call at once deadlocked
+        # (one waiting for the GIL inside a C++ static initialiser the other waits on; seen with
+        # the server's two workers, openvino 2026.4).
+        self.run(np.zeros((1, 2), dtype=np.int64), np.ones((1, 2), dtype=np.int64))
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """(batch, seq) int64 ids and mask -> (batch, seq, dim) last hidden state."""
