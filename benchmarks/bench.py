@@ -93,12 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--systems", default="all",
                     help="comma-separated systems, or 'peers' (e5-onnx and the fastest engines: "
                          f"{','.join(PEERS)}), or 'all' (default: {','.join(SYSTEMS)})")
+    ap.add_argument("--batch-sizes", help="comma-separated batch sizes (default 1,8,32,128; quick 1,32)")
     ap.add_argument("--reps", type=int, help="interleaved repetitions per batch size (default 2, quick 1)")
     args = ap.parse_args(argv)
     p = dict(QUICK if args.quick else FULL)
     if args.texts:
         p["texts"] = args.texts
         p["batch1_texts"] = min(p["batch1_texts"], args.texts)
+    if args.batch_sizes:
+        p["batch_sizes"] = [int(b) for b in args.batch_sizes.split(",")]
     if args.reps:
         p["reps"] = args.reps
     p["threads"] = args.threads
