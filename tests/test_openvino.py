@@ -162,3 +162,12 @@ def test_server_on_openvino_answers_like_the_embedder(minilm_export, tmp_path):
     assert bad.proc.wait(120) != 0
     assert "e5-onnx serve: error: could not load the model: unknown backend 'tpu'" in bad.logs(), bad.logs()
     assert "Traceback" not in bad.logs()
+
+
+def test_openvino_streams_run_encode_batches_side_by_side(minilm_export):
+    """threads=2: two one-thread streams; encode's batches go to both and land in input order,
+    bit-identical to one stream's."""
+    one = Embedder(minilm_export, "fp32", backend="openvino", threads=1, batch_size=4)
+    two = Embedder(minilm_export, "fp32", backend="openvino", threads=2, batch_size=4)
+    assert (one.session.streams, two.session.streams) == (1, 2)
+    assert np.array_equal(two.encode(TEXTS), one.encode(TEXTS))

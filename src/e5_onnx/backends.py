@@ -55,9 +55,9 @@ def open_session(backend: str, variant: str, graph: Path, threads: int | None, p
         from .openvino_session import OpenVINOSession
         from .session import available_cores
 
-        cores = available_cores()
-        threads = threads or cores
-        return OpenVINOSession(graph, variant, threads, streams=max(1, cores // threads),
+        # `threads` cores as that many one-thread streams: calls side by side on one core each beat
+        # one call on every core (benchmarks/README.md); Embedder.encode runs its batches so.
+        return OpenVINOSession(graph, variant, threads=1, streams=threads or available_cores(),
                                position_offset=position_offset)
     from .session import EncoderSession
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Set as AbstractSet
+from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from typing import Iterable, Iterator, Sequence
 
@@ -33,6 +34,13 @@ class Embedder:
     weights; above, the activations leave the cache. A small budget also keeps short texts out of
     long texts' batches (benchmarks/token_budget.py: 512 gives 1.36-1.45x the throughput of 4,096
     on mixed texts, 1.10-1.23x on passages, the same on short queries).
+
+    `backend`: "onnxruntime" (variants "int8", the default, and "fp32"), "openvino" (the
+    [openvino] extra: the fp32 graph at "bf16", its default, or "fp32"), or "auto" (OpenVINO bf16
+    where it is installed and the CPU has AMX, else onnxruntime INT8); None reads
+    $E5_ONNX_BACKEND, else onnxruntime. `threads`: the cores this Embedder may use (None: this
+    process's CPU affinity and cgroup quota); onnxruntime runs each call on all of them, OpenVINO
+    runs that many one-thread calls side by side (encode spreads its batches over them).
     """
 
     def __init__(
@@ -82,6 +90,8 @@ class Embedder:
             position_offset=self.manifest.get("position_offset", 0),
             spinning=spinning,  # off in `e5-onnx serve`, whose event loop shares the cores
         )
+        streams = getattr(self.session, "streams", 1)  # OpenVINO: calls that may run side by side
+        self._streams = ThreadPoolExecutor(streams, thread_name_prefix="e5-onnx-stream") if streams > 1 else None
 
     def encode(self, texts: Sequence[str], *, long_text: str | None = None) -> np.ndarray:
         """Embed texts exactly as given -> (len(texts), dim) float32, rows of norm 1, input order.
@@ -107,9 +117,17 @@ class Embedder:
             parts.append(counts(encodings, mode))
         owner = np.concatenate(owners)
         out = np.empty((len(seqs), self.dim), dtype=np.float32)
-        for batch in self.tokenizer.batch_encodings(seqs, self.batch_size, self.max_batch_tokens):
-            hidden = self.session.run(batch.input_ids, batch.attention_mask)
-            out[batch.order] = mean_pool_normalize(hidden, batch.attention_mask)
+
+        def embed(batch) -> None:
+            out[batch.order] = mean_pool_normalize(self.session.run(batch.input_ids, batch.attention_mask),
+                                                   batch.attention_mask)
+        batches = self.tokenizer.batch_encodings(seqs, self.batch_size, self.max_batch_tokens)
+        if self._streams is None:
+            for batch in batches:
+                embed(batch)
+        else:  # batches side by side, one per stream; each writes only its own rows
+            for _ in self._streams.map(embed, batches):
+                pass
         return combine(out, owner, len(texts)), _joined(parts)
 
     def embed_stream(

@@ -38,9 +38,9 @@ def cpu_has_bf16() -> bool:
 class OpenVINOSession:
     """Runs input_ids + attention_mask (+ token_type_ids if the graph has it) through OpenVINO.
 
-    `threads` per call; `streams` calls may run side by side (one per caller thread, as the
-    server's workers do), each on its own infer request: a compiled model is shared, an infer
-    request is not.
+    `threads` per call; `streams` calls may run side by side (one per caller thread: the server's
+    workers, Embedder.encode's batches), each on its own infer request: a compiled model is
+    shared, an infer request is not.
     """
 
     def __init__(self, model_path: Path, variant: str, threads: int, streams: int = 1, position_offset: int = 0) -> None:
@@ -52,6 +52,7 @@ class OpenVINOSession:
         if variant == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             raise ValueError("this CPU has no bf16 support in OpenVINO; use variant='fp32' or backend='onnxruntime'")
         model = core.read_model(str(model_path))
+        self.streams = streams
         self.input_names = check_inputs([i.get_any_name() for i in model.inputs])
         self.position_offset = position_offset
         self.compiled = core.compile_model(model, "CPU", {

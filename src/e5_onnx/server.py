@@ -28,7 +28,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from .backends import BACKENDS
+from .backends import BACKENDS, resolve
 from .batcher import Batcher, QueueFull
 from .embedder import VARIANTS, Embedder, resolve_model_dir
 from .manifest import load_manifest
@@ -93,6 +93,8 @@ class Service:
         try:
             workers = s.workers or available_cores()
             threads = s.threads or max(1, available_cores() // workers)
+            if resolve(s.backend, s.variant)[0] == "openvino":  # its threads are one-thread streams, one per worker
+                threads *= workers
             embedder = Embedder(self.model_dir, s.variant, backend=s.backend, threads=threads, batch_size=s.batch_size,
                                 max_batch_tokens=s.max_batch_tokens, spinning=s.spinning)
             self.embedder = embedder
