@@ -2,8 +2,9 @@
 optional extra, the fp32 graph at bf16 or f32), and the variant each defaults to.
 
 "auto" takes OpenVINO at bf16 where it is installed and the CPU has AMX (measured there at
-1.6-2x onnxruntime INT8's throughput, benchmarks/bench.py), onnxruntime INT8 everywhere else
-(on CPUs without AMX, OpenVINO's bf16 is emulated or off and INT8 on onnxruntime is faster).
+1.3-1.8x onnxruntime INT8's batch throughput, though slower for one short query: benchmarks/
+README.md, "The fastest CPU engines"), onnxruntime INT8 everywhere else (without AMX OpenVINO
+runs f32; not measured against INT8 on such a CPU yet).
 """
 from __future__ import annotations
 
