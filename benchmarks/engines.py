@@ -18,7 +18,11 @@ import shutil
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .systems import Encode
+    from typing import Callable
+
+    import numpy as np
+
+    Encode = Callable[[list[str], int], np.ndarray]  # as in systems.py, which imports this module
 
 OV_INT8_FILE = "openvino/openvino_model_qint8_static.xml"
 ST_ONNX_INT8_FILE = "onnx/model_qint8_avx512_vnni.onnx"

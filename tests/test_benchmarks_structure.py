@@ -107,4 +107,4 @@ def test_bench_leaves_numeric_libraries_unloaded_until_main_sets_threads():
     assert {"benchmarks.measure", "benchmarks.report", "benchmarks.profile"} <= loaded
     assert not {m.split(".")[0] for m in loaded} & {"numpy", "onnxruntime", "onnx", "tokenizers", "torch", "e5_onnx"}
     child = {m for m in _modules_loaded_by("import benchmarks.coldstart") if m.startswith("benchmarks")}
-    assert child == {"benchmarks", "benchmarks.coldstart", "benchmarks.systems"}
+    assert child == {"benchmarks", "benchmarks.coldstart", "benchmarks.systems", "benchmarks.engines"}
