@@ -95,7 +95,8 @@ def docs_server(docs_home, tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    argv = shlex.split(block.code.split("#")[0].replace("8080", str(port)))
+    command = " ".join(line for line in block.code.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+    argv = shlex.split(command.replace("8080", str(port)), comments=True)
     assert argv[:2] == ["e5-onnx", "serve"], f"{block.where}: not an e5-onnx serve command"
     env = {**os.environ, "HOME": str(docs_home)}
     env.pop("E5_ONNX_CACHE", None)
