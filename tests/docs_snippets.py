@@ -95,7 +95,7 @@ def source_strings(dirs: list[Path]) -> list[str]:
     """Every string in the code, as a pattern (f-strings with `…` for their formatted parts)."""
     out = []
     for d in dirs:
-        for f in sorted(d.glob("*.py")):
+        for f in sorted(d.rglob("*.py")):  # subpackages too; symlinked dirs (src/e5_onnx/export) are not followed
             for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
                 if isinstance(node, (ast.Constant, ast.JoinedStr)):
                     text = message_pattern(node)
@@ -112,7 +112,7 @@ def raised_messages(dirs: list[Path]) -> list[tuple[str, str]]:
     """(where, pattern) of every `raise X(message)` and `parser.error(message)` in the code."""
     out = []
     for d in dirs:
-        for f in sorted(d.glob("*.py")):
+        for f in sorted(d.rglob("*.py")):  # subpackages too; symlinked dirs (src/e5_onnx/export) are not followed
             for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
                 call, where = None, f"{f.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}"
                 if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
