@@ -274,6 +274,10 @@ def test_site_builds_strict(tmp_path):
     done = subprocess.run([mkdocs, "build", "--strict", "--site-dir", str(tmp_path / "site")], cwd=ROOT,
                           capture_output=True, text=True, timeout=300, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert done.returncode == 0, done.stdout + done.stderr
+    for page in (ROOT / "docs").glob("*.md"):  # a table a stray line broke renders as text
+        rows = [line for line in prose(page).splitlines() if line.startswith("|") and not line.startswith("|---")]
+        html = (tmp_path / "site" / page.with_suffix(".html").name).read_text()
+        assert html.count("<tr>") == len(rows), f"{page.name}: {len(rows)} table rows written, {html.count('<tr>')} rendered"
     api = (tmp_path / "site" / "reference.html").read_text()
     for name in ("encode_queries", "embed_stream", "HashMismatchError", "embed_dataset"):
         assert f'id="e5_onnx.' in api and name in api, name
