@@ -134,3 +134,14 @@ def test_multilingual_cold_start_peaks_under_200_mb(me5_export, tmp_path):
     print(f"cold start: compact {after}, tokenizer.json {before}")
     assert after["peak_mb"] <= 200
     assert before["peak_mb"] - after["peak_mb"] >= 150  # the 250 MB trie is gone, not moved
+
+
+def test_model_packages_and_lambda_bundles_carry_the_compact_file(tiny_exports, tmp_path):
+    from e5_onnx.bundle import copy_model
+    from e5_onnx.pack import packed_files
+
+    model_dir = tiny_exports["unigram-bert"]
+    assert unigram.COMPACT in packed_files(model_dir, json.loads((model_dir / MANIFEST).read_text()), ["int8"])
+    copy_model(model_dir, tmp_path / "model")
+    assert (tmp_path / "model" / unigram.COMPACT).is_file()
+    assert "WordLevel" in type(Embedder(tmp_path / "model").tokenizer._tok.model).__name__

@@ -34,19 +34,20 @@ from . import cut
 COMPACT = "tokenizer_unigram.npz"
 SEPARATOR = "\n"
 UNK_PENALTY = 10.0  # tokenizers' K_UNK_PENALTY: an unknown character scores min_score - 10
-CACHE_WORDS = 50_000  # pre-tokens whose tokens are kept (tokenizers keeps 10,000); cleared when full
+CACHE_WORDS = 20_000  # pre-tokens whose tokens are kept (tokenizers keeps 10,000), ~12 MB; cleared when full
 CACHE_MAX_BYTES = 256  # tokenizers caches pre-tokens shorter than this only
 
 
 class UnigramSegmenter:
     """The Unigram segmentation of one pre-token, as a custom tokenizers pre-tokeniser step."""
 
-    def __init__(self, pieces: Sequence[str], scores: Sequence[float], unk_id: int) -> None:
+    def __init__(self, pieces: Sequence[str], scores: Sequence[float], unk_id: int, longest: int | None = None) -> None:
+        """`longest`: the most characters in a piece, if known (saves a pass over the pieces)."""
         self._ids = dict(zip(pieces, range(len(pieces))))
         self._scores = list(scores)
         self._unk_id = unk_id
         self._unk_score = min(self._scores) - UNK_PENALTY
-        self._longest = max(map(len, pieces))
+        self._longest = longest or max(map(len, pieces))
         self._cache: dict[str, list[Token]] = {}
 
     def pre_tokenize(self, pretok) -> None:
@@ -111,7 +112,8 @@ def compact_config(tokenizer_json: dict) -> dict | None:
             or not model.get("vocab") or any(SEPARATOR in p for p, _ in model["vocab"])):
         return None
     config = dict(tokenizer_json)
-    config["model"] = {k: v for k, v in model.items() if k != "vocab"} | {"pieces": len(model["vocab"])}
+    config["model"] = {k: v for k, v in model.items() if k != "vocab"} | {
+        "pieces": len(model["vocab"]), "longest": max(len(p) for p, _ in model["vocab"])}
     return config
 
 
@@ -149,7 +151,7 @@ def load(path: Path) -> tuple[Tokenizer, bool]:
     config["model"] = {"type": "WordLevel", "vocab": vocab, "unk_token": unk}
     tokenizer = Tokenizer.from_str(json.dumps(config))
     local = cut.is_local(tokenizer)
-    segmenter = pre_tokenizers.PreTokenizer.custom(UnigramSegmenter(pieces, scores, model["unk_id"]))
+    segmenter = pre_tokenizers.PreTokenizer.custom(UnigramSegmenter(pieces, scores, model["unk_id"], model.get("longest")))
     first = [tokenizer.pre_tokenizer] if tokenizer.pre_tokenizer is not None else []
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(first + [segmenter])
     return tokenizer, local
