@@ -41,13 +41,15 @@ CACHE_MAX_BYTES = 256  # tokenizers caches pre-tokens shorter than this only
 class UnigramSegmenter:
     """The Unigram segmentation of one pre-token, as a custom tokenizers pre-tokeniser step."""
 
-    def __init__(self, pieces: Sequence[str], scores: Sequence[float], unk_id: int, longest: int | None = None) -> None:
-        """`longest`: the most characters in a piece, if known (saves a pass over the pieces)."""
+    def __init__(self, pieces: Sequence[str], scores: Sequence[float], unk_id: int,
+                 reach: dict[str, int] | None = None) -> None:
+        """`reach`: the most characters in a piece starting with each character, where more than
+        one (`reach_of(pieces)`, which the exporter stores: a pass over the pieces costs ~50 ms)."""
         self._ids = dict(zip(pieces, range(len(pieces))))
         self._scores = list(scores)
         self._unk_id = unk_id
         self._unk_score = min(self._scores) - UNK_PENALTY
-        self._longest = longest or max(map(len, pieces))
+        self._reach = reach_of(pieces) if reach is None else reach
         self._cache: dict[str, list[Token]] = {}
 
     def pre_tokenize(self, pretok) -> None:
@@ -66,7 +68,7 @@ class UnigramSegmenter:
         return result
 
     def _tokens(self, word: str) -> list[Token]:
-        ids, scores, n, longest = self._ids, self._scores, len(word), self._longest
+        ids, scores, reach, n = self._ids, self._scores, self._reach, len(word)
         best = [0.0] + [float("-inf")] * n  # best[j]: score of the best path over word[:j]
         start = [0] * (n + 1)  # where the last piece of that path starts
         piece = [-1] * (n + 1)  # its id, -1 for an unknown character
@@ -78,7 +80,7 @@ class UnigramSegmenter:
             score = base + (self._unk_score if k is None else scores[k])
             if score > best[i + 1]:
                 best[i + 1], start[i + 1], piece[i + 1] = score, i, -1 if k is None else k
-            for j in range(i + 2, min(n, i + longest) + 1):
+            for j in range(i + 2, min(n, i + reach.get(word[i], 1)) + 1):  # no longer piece starts here
                 k = ids.get(word[i:j])
                 if k is not None:
                     score = base + scores[k]
@@ -104,6 +106,18 @@ class UnigramSegmenter:
         return out
 
 
+def reach_of(pieces: Sequence[str]) -> dict[str, int]:
+    """{first character: the most characters in a piece starting with it}, where more than one:
+    the Viterbi tries no longer substring from there (4,067 of multilingual-e5-small's characters
+    start a longer piece, "\u2581" one of 16; one CJK text of 200k characters tokenised in 2.2 s
+    of CPU with one bound for all, 1.0 s with these)."""
+    reach: dict[str, int] = {}
+    for p in pieces:
+        if len(p) > 1 and len(p) > reach.get(p[0], 1):
+            reach[p[0]] = len(p)
+    return reach
+
+
 def compact_config(tokenizer_json: dict) -> dict | None:
     """What `write` would put in `config`, or None if this tokenizer is not one `load` rebuilds
     exactly: a Unigram model with an unknown piece, no byte fallback, no piece holding "\\n"."""
@@ -113,7 +127,7 @@ def compact_config(tokenizer_json: dict) -> dict | None:
         return None
     config = dict(tokenizer_json)
     config["model"] = {k: v for k, v in model.items() if k != "vocab"} | {
-        "pieces": len(model["vocab"]), "longest": max(len(p) for p, _ in model["vocab"])}
+        "pieces": len(model["vocab"]), "reach": reach_of([p for p, _ in model["vocab"]])}
     return config
 
 
@@ -151,7 +165,7 @@ def load(path: Path) -> tuple[Tokenizer, bool]:
     config["model"] = {"type": "WordLevel", "vocab": vocab, "unk_token": unk}
     tokenizer = Tokenizer.from_str(json.dumps(config))
     local = cut.is_local(tokenizer)
-    segmenter = pre_tokenizers.PreTokenizer.custom(UnigramSegmenter(pieces, scores, model["unk_id"], model.get("longest")))
+    segmenter = pre_tokenizers.PreTokenizer.custom(UnigramSegmenter(pieces, scores, model["unk_id"], model.get("reach")))
     first = [tokenizer.pre_tokenizer] if tokenizer.pre_tokenizer is not None else []
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(first + [segmenter])
     return tokenizer, local
