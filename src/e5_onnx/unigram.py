@@ -6,7 +6,7 @@ resident and ~0.6 s of CPU, whatever the input format (`models.Unigram` built fr
 costs the same). Here the same `tokenizers.Tokenizer` pipeline is kept (added tokens, the
 normaliser's precompiled charsmap, the pre-tokeniser, the post-processor, truncation and its
 overflow windows) and only the Unigram segmentation of each pre-token runs in Python, on a dict
-of the pieces: ~45 MB and ~0.1 s to load (benchmarks/README.md, "multilingual cold start").
+of the pieces: ~60 MB and ~0.14 s of CPU to load (benchmarks/README.md, "Multilingual cold start").
 
 The segmentation is tokenizers' `Unigram::encode_optimized` step for step (Viterbi over the
 pieces that match at each character, strict `>` so the first best path wins, an unknown
@@ -16,8 +16,9 @@ on the pre-tokenised splits (`PreTokenizedString.tokenize`), which the model ste
 the model is a WordLevel holding only the added tokens, which fixes their ids at load.
 
 File `tokenizer_unigram.npz` (written by the exporter, listed in manifest.json with its sha256):
-`config` (tokenizer.json without the vocabulary, UTF-8 JSON), `pieces` (the pieces in id order,
-UTF-8, joined by "\\n"), `scores` (float64, one per piece).
+`config` (tokenizer.json without the vocabulary, UTF-8 JSON; its model holds the number of pieces
+and `reach_of` them), `pieces` (the pieces in id order, UTF-8, joined by "\\n"), `scores` (float64,
+one per piece).
 """
 from __future__ import annotations
 
