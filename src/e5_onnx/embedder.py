@@ -12,7 +12,7 @@ import numpy as np
 
 from .backends import open_session, resolve
 from .lock import default_model_name
-from .manifest import ModelDirError, load_manifest, verified_graph, verified_path
+from .manifest import ModelDirError, load_manifest, verified_graph
 from .pool import mean_pool_normalize
 from .registry import resolve_model_dir
 from .tokenize import Ids, TextTokenizer, compact
@@ -81,9 +81,7 @@ class Embedder:
         # the session's load transient is small, and this order peaks lowest (fresh process, load
         # + one text, 3 runs each: multilingual 374 MB vs 384 MB session-first; it was the other
         # way round, 475 vs 550 MB, while the weights sat inside the graph file).
-        self.tokenizer = TextTokenizer.from_file(
-            verified_path(self.model_dir, self.manifest, "tokenizer.json"), self.max_length, self.manifest["pad_token_id"]
-        )
+        self.tokenizer = TextTokenizer.from_export(self.model_dir, self.manifest)
         self.session = open_session(
             backend, variant, verified_graph(self.model_dir, self.manifest, self.manifest["variants"][graph_variant]),
             threads=threads,

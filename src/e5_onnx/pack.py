@@ -1,7 +1,7 @@
 """`e5-onnx pack`: an export directory -> a standard wheel that `pip install` puts on any machine.
 
 The wheel (py3-none-any) holds one package directory with the chosen variants' graphs and
-weights files, tokenizer.json and a manifest.json trimmed to those variants, plus an entry point
+weights files, tokenizer.json (and tokenizer_unigram.npz, which the runtime loads instead) and a manifest.json trimmed to those variants, plus an entry point
 in the group `e5_onnx.models` through which the runtime finds it without importing it
 (registry.py). The wheel is written with `wheel.wheelfile.WheelFile`, which hashes every file
 into RECORD as pip expects. Every sha256 in the export's manifest is checked before packing, and
@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__
+from . import __version__, unigram
 from .manifest import MANIFEST, ModelDirError, data_file, load_manifest, verified_path
 from .registry import ENTRY_POINT_GROUP
 
@@ -39,7 +39,7 @@ def packed_files(export_dir: Path, manifest: dict, variants: Sequence[str]) -> l
     unknown = [v for v in variants if v not in manifest["variants"]]
     if unknown or not variants:
         raise ValueError(f"unknown variant(s) {unknown or list(variants)}; this export has {sorted(manifest['variants'])}")
-    names = ["tokenizer.json"]
+    names = ["tokenizer.json"] + [n for n in (unigram.COMPACT,) if n in manifest["files"]]
     for variant in variants:
         graph = manifest["variants"][variant]
         names += [graph] + ([data_file(graph)] if data_file(graph) in manifest["files"] else [])

@@ -14,7 +14,8 @@ from typing import Iterator, NamedTuple, Sequence
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from . import cut
+from . import cut, unigram
+from .manifest import verified_path
 
 
 def window_overlap(max_length: int) -> int:
@@ -74,7 +75,7 @@ class Batch:
 
 
 class TextTokenizer:
-    def __init__(self, tokenizer: Tokenizer, max_length: int, pad_id: int) -> None:
+    def __init__(self, tokenizer: Tokenizer, max_length: int, pad_id: int, *, local: bool | None = None) -> None:
         tokenizer.no_padding()
         # The stride only shapes `Encoding.overflowing` (the rest of a long text, as overlapping
         # windows: windows.py); the first max_length tokens, which truncation keeps, are unchanged.
@@ -82,7 +83,7 @@ class TextTokenizer:
         self._tok = tokenizer
         self.max_length = max_length
         self.pad_id = pad_id
-        self._cuttable: bool | None = None  # cut.is_local, worked out when a text first needs it
+        self._cuttable = local  # cut.is_local, worked out when a text first needs it if not given
 
     @classmethod
     def from_str(cls, tokenizer_json: str, max_length: int, pad_id: int) -> TextTokenizer:
@@ -93,6 +94,22 @@ class TextTokenizer:
         """Parsed from disk by `tokenizers`: a Python copy of the file would add 60 MB to peak
         RSS and ~0.15 s to the load for the 17 MB XLM-R tokenizer.json."""
         return cls(Tokenizer.from_file(str(path)), max_length, pad_id)
+
+    @classmethod
+    def from_compact(cls, path: Path, max_length: int, pad_id: int) -> TextTokenizer:
+        """The same tokenizer from an export's tokenizer_unigram.npz (unigram.py): for
+        multilingual-e5-small ~0.14 s of CPU and ~60 MB instead of ~0.85 s and ~280 MB."""
+        tokenizer, local = unigram.load(path)
+        return cls(tokenizer, max_length, pad_id, local=local)
+
+    @classmethod
+    def from_export(cls, model_dir: Path, manifest: dict) -> TextTokenizer:
+        """An export's tokenizer, each file checked against its manifest: the compact Unigram
+        file if the export has one, else tokenizer.json (exports written before it, WordPiece)."""
+        limit, pad_id = manifest["max_length"], manifest["pad_token_id"]
+        if unigram.COMPACT in manifest["files"]:
+            return cls.from_compact(verified_path(model_dir, manifest, unigram.COMPACT), limit, pad_id)
+        return cls.from_file(verified_path(model_dir, manifest, "tokenizer.json"), limit, pad_id)
 
     def encode(self, texts: Sequence[str], *, head_only: bool = False) -> list[Encoding]:
         """Encodings truncated at max_length. `head_only`: a huge text is first cut to a prefix that
