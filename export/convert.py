@@ -6,10 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
-from onnx import external_data_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 from onnxruntime.transformers.fusion_options import FusionOptions
@@ -18,7 +16,7 @@ from optimum.exporters.onnx import onnx_export_from_model
 
 from e5_onnx.manifest import data_file
 
-from . import actquant
+from . import actquant, tables
 from . import smooth as smoothquant
 
 OPSET = 18
@@ -69,9 +67,6 @@ QUANTIZATION = {
 }
 # MatMulNBits settings a recipe's "blockwise" starts from.
 BLOCKWISE = {"op": "MatMulNBits", "matmuls": [], "bits": 8, "block_size": 256, "symmetric": True, "accuracy_level": 4}
-# export_onnx traces the word embeddings as a view of this many rows; the whole table goes to TABLE_FILE.
-TRACED_ROWS = 1024
-TABLE_FILE = "word_embeddings.fp32"
 GELU_OPS = ("BiasGelu", "Gelu", "FastGelu")
 ATTENTION_OPS = ("MultiHeadAttention", "Attention")
 
@@ -80,13 +75,13 @@ def export_onnx(model, out_dir: Path) -> Path:
     """Trace the (already loaded, eager-attention) model with optimum; dynamic batch and sequence axes.
 
     The word-embedding table (multilingual-e5-small: 250,037 x 384 floats, 82% of the weights) is
-    traced as a view of its first rows and written to TABLE_FILE beside the graph, which refers to
+    traced as a view of its first rows and written to tables.TABLE_FILE beside the graph, which refers to
     it as ONNX external data: the graph is the same (a Gather reads the table; no shape in it depends
     on the row count), and torch's exporter no longer copies the table into its protobuf several
     times (export peak RSS 2.9 -> 1.4 GB for that model, benchmarks/results/export_cost.md)."""
     embeddings = model.get_input_embeddings()
     table, vocab = embeddings.weight, model.config.vocab_size
-    rows = min(table.shape[0], TRACED_ROWS)
+    rows = min(table.shape[0], tables.TRACED_ROWS)
     embeddings.weight = torch.nn.Parameter(table.detach()[:rows], requires_grad=False)
     model.config.vocab_size = rows  # optimum's dummy input ids stay inside the traced rows
     try:
@@ -101,53 +96,8 @@ def export_onnx(model, out_dir: Path) -> Path:
     finally:
         embeddings.weight, model.config.vocab_size = table, vocab
     graph = out_dir / "model.onnx"
-    _table_apart(graph, table.detach().numpy(), rows)
+    tables.write_apart(graph, table.detach().numpy(), rows)
     return graph
-
-
-def _table_apart(graph: Path, table: np.ndarray, rows: int) -> None:
-    """Point the graph's traced table initializer (table[:rows]) at the whole table, written to
-    TABLE_FILE beside the graph as external data."""
-    model = onnx.load(str(graph))
-    traced = table[:rows].tobytes()
-    found = [t for t in model.graph.initializer
-             if list(t.dims) == [rows, table.shape[1]] and t.data_type == onnx.TensorProto.FLOAT and t.raw_data == traced]
-    if len(found) != 1:
-        raise RuntimeError(f"the exported graph has {len(found)} initializers equal to the traced word embeddings, not 1")
-    (tensor,) = found
-    table.tofile(graph.parent / TABLE_FILE)
-    tensor.ClearField("raw_data")
-    del tensor.dims[:]
-    tensor.dims.extend(table.shape)
-    for key, value in (("location", TABLE_FILE), ("offset", "0"), ("length", str(table.nbytes))):
-        entry = tensor.external_data.add()
-        entry.key, entry.value = key, value
-    tensor.data_location = onnx.TensorProto.EXTERNAL
-    onnx.save(model, str(graph))
-
-
-def load_graph(path: Path) -> onnx.ModelProto:
-    """The graph at `path` with every weight in memory but its lookup tables (initializers read only
-    by Gather / EmbedLayerNormalization), which stay ONNX external data on disk: no graph rewrite
-    here reads them, and the word embeddings are most of the bytes."""
-    model = onnx.load(str(path), load_external_data=False)
-    tables = lookup_tables(model.graph)
-    for tensor in model.graph.initializer:
-        if tensor.name not in tables and external_data_helper.uses_external_data(tensor):
-            external_data_helper.load_external_data_for_tensor(tensor, str(path.parent))
-            tensor.data_location = onnx.TensorProto.DEFAULT
-            del tensor.external_data[:]
-    return model
-
-
-def lookup_tables(graph: onnx.GraphProto) -> set[str]:
-    """Initializers read by nothing but a Gather's data input or EmbedLayerNormalization's tables."""
-    tables, other = set(), set()
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            lookup = (node.op_type == "Gather" and i == 0) or (node.op_type == "EmbedLayerNormalization" and i in (2, 3, 4))
-            (tables if lookup else other).add(name)
-    return {t.name for t in graph.initializer} & (tables - other)
 
 
 def optimize(raw: Path, out: Path, num_heads: int, hidden_size: int) -> dict[str, int]:
@@ -159,55 +109,19 @@ def optimize(raw: Path, out: Path, num_heads: int, hidden_size: int) -> dict[str
     options = FusionOptions("bert")
     options.use_multi_head_attention = QUANTIZATION["attention_fusion"] == "MultiHeadAttention"
     options.enable_skip_layer_norm = QUANTIZATION["skip_layer_norm_fusion"]
-    graph = load_graph(raw)
-    tables = _shrink_tables(graph, raw.parent)
+    graph = tables.load_graph(raw)
+    shrunk = tables.shrink(graph, raw.parent)
     model = optimize_model(
         graph, model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
         opt_level=0, optimization_options=options, use_gpu=False,
     )
     del graph
-    _restore_tables(model.model, tables)
-    for name in {e.value for dims, entries in tables.values() for e in entries if e.key == "location"}:
+    tables.restore(model.model, shrunk)
+    for name in tables.files(shrunk):
         if raw.parent != out.parent:
             os.replace(raw.parent / name, out.parent / name)
     model.save_model_to_file(str(out))
     return {op: n for op, n in model.get_fused_operator_statistics().items() if n}
-
-
-def _shrink_tables(model: onnx.ModelProto, base_dir: Path) -> dict[str, tuple[list[int], list]]:
-    """Replace each external float lookup table by its first TRACED_ROWS rows, read from its file;
-    returns what _restore_tables needs to point them back at the file."""
-    saved = {}
-    for tensor in model.graph.initializer:
-        if tensor.name not in lookup_tables(model.graph) or not external_data_helper.uses_external_data(tensor):
-            continue
-        if tensor.data_type != onnx.TensorProto.FLOAT:
-            raise ValueError(f"{tensor.name}: an external lookup table of type {tensor.data_type}, not float")
-        info = external_data_helper.ExternalDataInfo(tensor)
-        dims = list(tensor.dims)
-        rows = min(dims[0], TRACED_ROWS)
-        with open(base_dir / info.location, "rb") as f:
-            f.seek(info.offset or 0)
-            data = f.read(rows * int(np.prod(dims[1:])) * 4)
-        saved[tensor.name] = (dims, list(tensor.external_data))
-        del tensor.external_data[:]
-        tensor.data_location = onnx.TensorProto.DEFAULT
-        tensor.raw_data = data
-        tensor.dims[0] = rows
-    return saved
-
-
-def _restore_tables(model: onnx.ModelProto, saved: dict[str, tuple[list[int], list]]) -> None:
-    by_name = {t.name: t for t in model.graph.initializer}
-    for name, (dims, entries) in saved.items():
-        if name not in by_name:
-            raise RuntimeError(f"the fused graph lost the lookup table {name}")
-        tensor = by_name[name]
-        tensor.ClearField("raw_data")
-        del tensor.dims[:]
-        tensor.dims.extend(dims)
-        tensor.external_data.extend(entries)
-        tensor.data_location = onnx.TensorProto.EXTERNAL
 
 
 def matmul_groups(graph: onnx.GraphProto) -> dict[str, list[str]]:
@@ -238,7 +152,7 @@ def quantize(fp32: Path, out: Path, recipe: dict = QUANTIZATION,
     """fp32 graph -> INT8 file: blockwise MatMuls first, the rest smoothed and quantized dynamically,
     then their activation scales made batch-invariant (calibration: unpadded feeds, see
     smooth.calibration_feeds; used by smoothing and the fixed ranges)."""
-    model = load_graph(fp32)  # the lookup tables stay on disk: quantize_dynamic is the first to read them
+    model = tables.load_graph(fp32)  # the lookup tables stay on disk (export/tables.py)
     groups = matmul_groups(model.graph)
 
     def named(group_names) -> set[str]:
@@ -271,6 +185,7 @@ def quantize(fp32: Path, out: Path, recipe: dict = QUANTIZATION,
     fd, staged = tempfile.mkstemp(prefix=".blockwise-", suffix=".onnx", dir=fp32.parent)
     os.close(fd)
     try:
+        shrunk = tables.shrink(model, fp32.parent, with_range=True)
         onnx.save(model, staged)
         del model
         quantize_dynamic(
@@ -286,11 +201,14 @@ def quantize(fp32: Path, out: Path, recipe: dict = QUANTIZATION,
     finally:
         root.setLevel(level)
         os.unlink(staged)
-    if activations:
-        per_row_matmuls = named(activations["per_row"])
-        per_row = {n.input[0] for n in calibrated.graph.node if n.name in per_row_matmuls}
-        invariant = actquant.make_invariant(onnx.load(str(out)), calibrated, calibration, per_row, base_dir=fp32.parent)
-        onnx.save(invariant, str(out))
+    if shrunk or activations:
+        quantized = onnx.load(str(out))
+        tables.quantize_whole(quantized, shrunk, fp32.parent)
+        if activations:
+            per_row_matmuls = named(activations["per_row"])
+            per_row = {n.input[0] for n in calibrated.graph.node if n.name in per_row_matmuls}
+            quantized = actquant.make_invariant(quantized, calibrated, calibration, per_row, base_dir=fp32.parent)
+        onnx.save(quantized, str(out))
 
 
 def save_weights_apart(graph: Path) -> None:
