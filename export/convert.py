@@ -203,7 +203,7 @@ def quantize(fp32: Path, out: Path, recipe: dict = QUANTIZATION,
         os.unlink(staged)
     if shrunk or activations:
         quantized = onnx.load(str(out))
-        tables.quantize_whole(quantized, shrunk, fp32.parent)
+        tables.quantize_whole(quantized, shrunk)
         if activations:
             per_row_matmuls = named(activations["per_row"])
             per_row = {n.input[0] for n in calibrated.graph.node if n.name in per_row_matmuls}

@@ -62,7 +62,7 @@ def load_graph(path: Path) -> onnx.ModelProto:
     for tensor in model.graph.initializer:
         if tensor.name not in keep_out and external_data_helper.uses_external_data(tensor):
             external_data_helper.load_external_data_for_tensor(tensor, str(path.parent))
-            tensor.data_location = onnx.TensorProto.DEFAULT
+            tensor.ClearField("data_location")
             del tensor.external_data[:]
     return model
 
@@ -113,7 +113,7 @@ def shrink(model: onnx.ModelProto, base_dir: Path, with_range: bool = False) -> 
                 lo, hi = min(lo, block.min()), max(hi, block.max())
             stub.flat[0], stub.flat[1] = lo, hi
         del tensor.external_data[:]
-        tensor.data_location = onnx.TensorProto.DEFAULT
+        tensor.ClearField("data_location")
         tensor.raw_data = stub.tobytes()
         tensor.dims[0] = stub.shape[0]
         stubbed.append(table)
@@ -137,17 +137,24 @@ def restore(model: onnx.ModelProto, stubbed: list[Stubbed]) -> None:
         _point_at(tensor, table.entries)
 
 
-def quantize_whole(model: onnx.ModelProto, stubbed: list[Stubbed], base_dir: Path) -> None:
+def quantize_whole(model: onnx.ModelProto, stubbed: list[Stubbed]) -> None:
     """In quantize_dynamic's output for a graph whose tables were stubs (shrink, with_range), make
     each quantized stub the whole table quantized with the scale and zero point quantize_dynamic
-    computed (from the stub, which holds the table's min and max)."""
+    computed (from the stub, which holds the table's min and max). A table it left in float (a
+    Gather it does not quantize) is put back whole, in memory."""
     from onnxruntime.quantization.quant_utils import quantize_nparray
 
     init = {t.name: t for t in model.graph.initializer}
     for table in stubbed:
         names = [table.name + QUANTIZED_SUFFIX, table.name + "_scale", table.name + "_zero_point"]
+        if table.name in init and not any(n in init for n in names):
+            tensor = init[table.name]
+            tensor.raw_data = b"".join(block.tobytes() for block in table.blocks())
+            del tensor.dims[:]
+            tensor.dims.extend(table.dims)
+            continue
         if not all(n in init for n in names):
-            raise RuntimeError(f"quantize_dynamic left the lookup table {table.name} unquantized")
+            raise RuntimeError(f"quantize_dynamic's output has neither {table.name} nor its quantized form")
         q, scale, zero_point = (init[n] for n in names)
         scale, zero_point = numpy_helper.to_array(scale), numpy_helper.to_array(zero_point)
         stub = numpy_helper.to_array(q).reshape(-1)
