@@ -18,6 +18,8 @@ quantization reads nothing but that row:
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -29,11 +31,12 @@ ROW_SCALE = 1.0 / 127  # QuantizeLinear scale for rows divided by their max: q =
 ROW_ZERO_POINT = 128
 
 
-def tensor_ranges(model: onnx.ModelProto, tensors: list[str], feeds: list[dict]) -> dict[str, tuple[float, float]]:
-    """(min, max) of each tensor over every value of every feed."""
+def tensor_ranges(model: onnx.ModelProto, tensors: list[str], feeds: list[dict],
+                  base_dir: Path | None = None) -> dict[str, tuple[float, float]]:
+    """(min, max) of each tensor over every value of every feed (base_dir: see smooth.tensor_values)."""
     lo = {t: np.inf for t in tensors}
     hi = {t: -np.inf for t in tensors}
-    for values in tensor_values(model, tensors, feeds):
+    for values in tensor_values(model, tensors, feeds, base_dir):
         for t, v in values.items():
             lo[t], hi[t] = min(lo[t], float(v.min())), max(hi[t], float(v.max()))
     return {t: (lo[t], hi[t]) for t in tensors}
@@ -48,15 +51,16 @@ def uint8_params(lo: float, hi: float) -> tuple[float, int]:
 
 
 def make_invariant(quantized: onnx.ModelProto, calibrated: onnx.ModelProto, feeds: list[dict],
-                   per_row: set[str]) -> onnx.ModelProto:
+                   per_row: set[str], base_dir: Path | None = None) -> onnx.ModelProto:
     """A copy of `quantized` (quantize_dynamic's output) without DynamicQuantizeLinear: inputs
     named in `per_row` get per-row scales, every other one a fixed range measured by running
-    `calibrated` (the fp32 graph that was quantized; same tensor names) on `feeds`."""
+    `calibrated` (the fp32 graph that was quantized; same tensor names) on `feeds` (base_dir: the
+    directory of its external data, see smooth.tensor_values)."""
     model = onnx.ModelProto.FromString(quantized.SerializeToString())
     graph = model.graph
     dynamic = [n for n in graph.node if n.op_type == "DynamicQuantizeLinear"]
     fixed = [n.input[0] for n in dynamic if n.input[0] not in per_row]
-    ranges = tensor_ranges(calibrated, fixed, feeds) if fixed else {}
+    ranges = tensor_ranges(calibrated, fixed, feeds, base_dir) if fixed else {}
     producer = {o: n for n in graph.node for o in n.output}
     readers: dict[str, list[onnx.NodeProto]] = {}
     for n in graph.node:

@@ -1,6 +1,8 @@
 """One export, start to finish, in a staging directory that becomes OUT only once parity passes."""
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import os
 import shutil
@@ -18,7 +20,7 @@ from e5_onnx import Embedder, unigram
 from e5_onnx.manifest import FORMAT, MANIFEST, sha256_file
 from e5_onnx.session import available_cores
 
-from . import convert, parity, publish, smooth
+from . import convert, parity, publish, smooth, tables
 from .calibration import calibration_texts
 from .probes import probe_texts
 
@@ -79,6 +81,17 @@ def check_compact_tokenizer(tokenizer: Tokenizer, compact: Path, texts: list[str
         if got.ids != want.ids or [o.ids for o in got.overflowing] != [o.ids for o in want.overflowing]:
             raise ExportError(f"{compact.name} tokenises {text[:60]!r} as {got.ids[:20]}..., tokenizer.json as "
                               f"{want.ids[:20]}...: please report this with the model's tokenizer.json")
+
+
+def release_memory() -> None:
+    """Collect garbage and hand the freed heap back to the system (glibc's malloc_trim), so that
+    each export step starts from what is really still in use: the steps free hundreds of MB of
+    protobuf and numpy buffers that glibc would otherwise keep mapped for reuse."""
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError):  # not glibc
+        pass
 
 
 def prepare_out(out: Path) -> None:
@@ -155,36 +168,50 @@ def _export_into(staging, source_dir, source, name, query_prefix, passage_prefix
     tokenizer.save(str(staging / "tokenizer.json"))
     if unigram.write(staging / "tokenizer.json", staging / unigram.COMPACT):
         check_compact_tokenizer(tokenizer, staging / unigram.COMPACT, texts)
+    calibration_input = calibration_texts(query_prefix, passage_prefix)
+    calibration = smooth.calibration_feeds(tokenizer, calibration_input, ["input_ids", "attention_mask", "token_type_ids"])
+    del tokenizer
 
-    log("exporting with optimum ...")
-    raw = convert.export_onnx(model, staging / "raw")
-    log("optimising (onnxruntime BERT fusions) ...")
-    fusions = convert.optimize(raw, staging / "model.onnx", config.num_attention_heads, config.hidden_size)
-    shutil.rmtree(staging / "raw")
-    log(f"  fused: {fusions}")
-    log("quantizing to INT8 ...")
-    graph_inputs = [i.name for i in onnx.load(str(staging / "model.onnx"), load_external_data=False).graph.input]
-    calibration = smooth.calibration_feeds(tokenizer, calibration_texts(query_prefix, passage_prefix), graph_inputs)
-    convert.quantize(staging / "model.onnx", staging / "model_int8.onnx", calibration=calibration)
-    for graph in ("model.onnx", "model_int8.onnx"):
-        convert.save_weights_apart(staging / graph)
-
+    # The torch reference first, so that the torch model and the transformers tokenizer are gone
+    # before the ONNX steps run (benchmarks/results/export_cost.md has the peak RSS of each step).
     log(f"torch reference on {len(texts)} probe texts ...")
     reference = parity.torch_embeddings(model, hf_tokenizer, texts, max_length)
     np.savez(staging / REFERENCE, texts=np.array(texts), embeddings=reference)
+    architecture = type(model).__name__
+    pad_token_id = hf_tokenizer.pad_token_id if hf_tokenizer.pad_token_id is not None else 0
+    del hf_tokenizer
+
+    log("exporting with optimum ...")
+    raw = convert.export_onnx(model, staging / "raw")
+    del model
+    release_memory()
+    log("optimising (onnxruntime BERT fusions) ...")
+    fusions = convert.optimize(raw, staging / "model.onnx", config.num_attention_heads, config.hidden_size)
+    shutil.rmtree(staging / "raw")
+    release_memory()
+    log(f"  fused: {fusions}")
+    log("quantizing to INT8 ...")
+    graph_inputs = {i.name for i in onnx.load(str(staging / "model.onnx"), load_external_data=False).graph.input}
+    calibration = smooth.select_inputs(calibration, graph_inputs)
+    convert.quantize(staging / "model.onnx", staging / "model_int8.onnx", calibration=calibration)
+    release_memory()
+    for graph in ("model.onnx", "model_int8.onnx"):
+        convert.save_weights_apart(staging / graph)
+        release_memory()
+    (staging / tables.TABLE_FILE).unlink()
 
     manifest = {
         "format": FORMAT,
         "name": name,
         "source": source,
-        "architecture": type(model).__name__,
+        "architecture": architecture,
         "model_type": config.model_type,
         "dim": config.hidden_size,
         "num_layers": config.num_hidden_layers,
         "max_length": max_length,
         "max_length_limits": limits,
         "position_offset": position_offset,
-        "pad_token_id": hf_tokenizer.pad_token_id if hf_tokenizer.pad_token_id is not None else 0,
+        "pad_token_id": pad_token_id,
         "query_prefix": query_prefix,
         "passage_prefix": passage_prefix,
         "variants": {"fp32": "model.onnx", "int8": "model_int8.onnx"},
@@ -202,7 +229,9 @@ def _export_into(staging, source_dir, source, name, query_prefix, passage_prefix
 
     log("parity: torch vs runtime fp32 / int8 ...")
     fp32 = Embedder(staging, variant="fp32").encode(texts)
+    release_memory()
     int8 = Embedder(staging, variant="int8").encode(texts)
+    release_memory()
     results = [
         parity.compare("torch_vs_fp32", reference, fp32, thresholds["fp32_min"], thresholds["fp32_min"]),
         parity.compare("torch_vs_int8", reference, int8, thresholds["int8_min"], thresholds["int8_mean"]),

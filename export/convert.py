@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from pathlib import Path
 
 import onnx
+import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 from onnxruntime.transformers.fusion_options import FusionOptions
@@ -14,7 +16,7 @@ from optimum.exporters.onnx import onnx_export_from_model
 
 from e5_onnx.manifest import data_file
 
-from . import actquant
+from . import actquant, tables
 from . import smooth as smoothquant
 
 OPSET = 18
@@ -70,27 +72,54 @@ ATTENTION_OPS = ("MultiHeadAttention", "Attention")
 
 
 def export_onnx(model, out_dir: Path) -> Path:
-    """Trace the (already loaded, eager-attention) model with optimum; dynamic batch and sequence axes."""
-    onnx_export_from_model(
-        model,
-        output=out_dir,
-        task="feature-extraction",
-        opset=OPSET,
-        do_validation=False,  # our own parity check is stricter and runs on the final files
-        no_post_process=True,
-    )
-    return out_dir / "model.onnx"
+    """Trace the (already loaded, eager-attention) model with optimum; dynamic batch and sequence axes.
+
+    The word-embedding table (multilingual-e5-small: 250,037 x 384 floats, 82% of the weights) is
+    traced as a view of its first rows and written to tables.TABLE_FILE beside the graph, which refers to
+    it as ONNX external data: the graph is the same (a Gather reads the table; no shape in it depends
+    on the row count), and torch's exporter no longer copies the table into its protobuf several
+    times (export peak RSS 2.9 -> 1.4 GB for that model, benchmarks/results/export_cost.md)."""
+    embeddings = model.get_input_embeddings()
+    table, vocab = embeddings.weight, model.config.vocab_size
+    rows = min(table.shape[0], tables.TRACED_ROWS)
+    embeddings.weight = torch.nn.Parameter(table.detach()[:rows], requires_grad=False)
+    model.config.vocab_size = rows  # optimum's dummy input ids stay inside the traced rows
+    try:
+        onnx_export_from_model(
+            model,
+            output=out_dir,
+            task="feature-extraction",
+            opset=OPSET,
+            do_validation=False,  # our own parity check is stricter and runs on the final files
+            no_post_process=True,
+        )
+    finally:
+        embeddings.weight, model.config.vocab_size = table, vocab
+    graph = out_dir / "model.onnx"
+    tables.write_apart(graph, table.detach().numpy(), rows)
+    return graph
 
 
 def optimize(raw: Path, out: Path, num_heads: int, hidden_size: int) -> dict[str, int]:
-    """Offline BERT fusions (attention, skip-layernorm, embed-layernorm, bias-gelu); returns fused op counts."""
+    """Offline BERT fusions (attention, skip-layernorm, embed-layernorm, bias-gelu); returns fused op counts.
+
+    The lookup tables stay external data (their files are moved beside `out`): the fusions see
+    their first rows only (they check a table's width and rank, and their shape inference copies
+    the whole model several times)."""
     options = FusionOptions("bert")
     options.use_multi_head_attention = QUANTIZATION["attention_fusion"] == "MultiHeadAttention"
     options.enable_skip_layer_norm = QUANTIZATION["skip_layer_norm_fusion"]
+    graph = tables.load_graph(raw)
+    shrunk = tables.shrink(graph, raw.parent)
     model = optimize_model(
-        str(raw), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
+        graph, model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
         opt_level=0, optimization_options=options, use_gpu=False,
     )
+    del graph
+    tables.restore(model.model, shrunk)
+    for name in tables.files(shrunk):
+        if raw.parent != out.parent:
+            os.replace(raw.parent / name, out.parent / name)
     model.save_model_to_file(str(out))
     return {op: n for op, n in model.get_fused_operator_statistics().items() if n}
 
@@ -123,7 +152,7 @@ def quantize(fp32: Path, out: Path, recipe: dict = QUANTIZATION,
     """fp32 graph -> INT8 file: blockwise MatMuls first, the rest smoothed and quantized dynamically,
     then their activation scales made batch-invariant (calibration: unpadded feeds, see
     smooth.calibration_feeds; used by smoothing and the fixed ranges)."""
-    model = onnx.load(str(fp32))
+    model = tables.load_graph(fp32)  # the lookup tables stay on disk (export/tables.py)
     groups = matmul_groups(model.graph)
 
     def named(group_names) -> set[str]:
@@ -136,7 +165,7 @@ def quantize(fp32: Path, out: Path, recipe: dict = QUANTIZATION,
         raise ValueError("the recipe smooths MatMul inputs or fixes their ranges: calibration feeds are required")
     if recipe.get("smooth"):
         skip = keep | named(recipe["smooth"].get("skip"))
-        model = smoothquant.smooth(model, calibration, recipe["smooth"]["alpha"], skip=skip)
+        model = smoothquant.smooth(model, calibration, recipe["smooth"]["alpha"], skip=skip, base_dir=fp32.parent)
     calibrated = onnx.ModelProto.FromString(model.SerializeToString()) if activations else None
     if keep:
         others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in keep]
@@ -152,26 +181,34 @@ def quantize(fp32: Path, out: Path, recipe: dict = QUANTIZATION,
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.WARNING)  # the nbits quantizer set INFO; quantize_dynamic then logs every tensor
+    # beside fp32, whose external lookup tables it refers to by relative path
+    fd, staged = tempfile.mkstemp(prefix=".blockwise-", suffix=".onnx", dir=fp32.parent)
+    os.close(fd)
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            staged = Path(tmp) / "blockwise.onnx"
-            onnx.save(model, str(staged))
-            quantize_dynamic(
-                str(staged),
-                str(out),
-                weight_type=QuantType[dynamic["weight_type"]],
-                per_channel=dynamic["per_channel"],
-                reduce_range=dynamic["reduce_range"],
-                op_types_to_quantize=dynamic["op_types"],
-                # fused com.microsoft ops defeat ONNX shape inference; their outputs are float
-                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
+        shrunk = tables.shrink(model, fp32.parent, with_range=True)
+        onnx.save(model, staged)
+        del model
+        quantize_dynamic(
+            staged,
+            str(out),
+            weight_type=QuantType[dynamic["weight_type"]],
+            per_channel=dynamic["per_channel"],
+            reduce_range=dynamic["reduce_range"],
+            op_types_to_quantize=dynamic["op_types"],
+            # fused com.microsoft ops defeat ONNX shape inference; their outputs are float
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     finally:
         root.setLevel(level)
-    if activations:
-        per_row_matmuls = named(activations["per_row"])
-        per_row = {n.input[0] for n in calibrated.graph.node if n.name in per_row_matmuls}
-        onnx.save(actquant.make_invariant(onnx.load(str(out)), calibrated, calibration, per_row), str(out))
+        os.unlink(staged)
+    if shrunk or activations:
+        quantized = onnx.load(str(out))
+        tables.quantize_whole(quantized, shrunk)
+        if activations:
+            per_row_matmuls = named(activations["per_row"])
+            per_row = {n.input[0] for n in calibrated.graph.node if n.name in per_row_matmuls}
+            quantized = actquant.make_invariant(quantized, calibrated, calibration, per_row, base_dir=fp32.parent)
+        onnx.save(quantized, str(out))
 
 
 def save_weights_apart(graph: Path) -> None:

@@ -10,11 +10,23 @@ change).
 """
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 from tokenizers import Tokenizer
+
+
+def select_inputs(feeds: list[dict[str, np.ndarray]], input_names) -> list[dict[str, np.ndarray]]:
+    """The feeds restricted to a graph's inputs; an input no feed can give is an error."""
+    unknown = set(input_names) - {name for feed in feeds for name in feed}
+    if unknown:
+        raise ValueError(f"cannot calibrate a graph with inputs {sorted(unknown)}")
+    return [{k: v for k, v in feed.items() if k in input_names} for feed in feeds]
 
 
 def calibration_feeds(tokenizer: Tokenizer, texts: list[str], input_names: list[str]) -> list[dict[str, np.ndarray]]:
@@ -41,22 +53,44 @@ def matmul_inputs(graph: onnx.GraphProto, skip: set[str]) -> dict[str, list[onnx
     return {t: nodes for t, nodes in readers.items() if not any(n.name in skip for n in nodes)}
 
 
-def tensor_values(model: onnx.ModelProto, tensors: list[str], feeds: list[dict[str, np.ndarray]]):
-    """For each feed, {tensor: its value} of the named intermediate tensors (fp32, unoptimised)."""
-    probe = onnx.ModelProto.FromString(model.SerializeToString())
-    del probe.graph.output[:]
-    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors)
+def tensor_values(model: onnx.ModelProto, tensors: list[str], feeds: list[dict[str, np.ndarray]],
+                  base_dir: Path | None = None):
+    """For each feed, {tensor: its value} of the named intermediate tensors (fp32, unoptimised).
+
+    A model whose weights are partly ONNX external data needs `base_dir`, the directory their
+    paths are relative to: the probe graph is saved there for onnxruntime to load (which maps the
+    external files instead of copying them)."""
+    outputs = list(model.graph.output)
+    del model.graph.output[:]  # the probe: the same graph with these tensors as its outputs
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    options.enable_cpu_mem_arena = False  # one feed at a time; an arena would keep the largest
+    try:
+        if base_dir is None:
+            source = model.SerializeToString()
+        else:
+            fd, source = tempfile.mkstemp(prefix=".probe-", suffix=".onnx", dir=base_dir)
+            os.close(fd)
+            onnx.save(model, source)
+        try:
+            session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        finally:
+            if base_dir is not None:
+                os.unlink(source)
+    finally:
+        del model.graph.output[:]
+        model.graph.output.extend(outputs)
+    del source
     for feed in feeds:
         yield dict(zip(tensors, session.run(tensors, feed)))
 
 
-def channel_maxima(model: onnx.ModelProto, tensors: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def channel_maxima(model: onnx.ModelProto, tensors: list[str], feeds: list[dict[str, np.ndarray]],
+                   base_dir: Path | None = None) -> dict[str, np.ndarray]:
     """max |x| per last-axis channel of each tensor over every token of the feeds."""
     maxima: dict[str, np.ndarray] = {}
-    for values in tensor_values(model, tensors, feeds):
+    for values in tensor_values(model, tensors, feeds, base_dir):
         for name, value in values.items():
             m = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
             maxima[name] = np.maximum(maxima[name], m) if name in maxima else m
@@ -79,14 +113,15 @@ def _value_projection(graph: onnx.GraphProto, producer: dict[str, onnx.NodeProto
 
 
 def smooth(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], alpha: float,
-           skip: set[str] = frozenset()) -> onnx.ModelProto:
-    """A copy of `model` with the input of every constant-weight MatMul not named in `skip` smoothed."""
+           skip: set[str] = frozenset(), base_dir: Path | None = None) -> onnx.ModelProto:
+    """A copy of `model` with the input of every constant-weight MatMul not named in `skip` smoothed
+    (base_dir: see tensor_values)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
     readers = matmul_inputs(graph, skip)
     if not readers:
         return model
-    maxima = channel_maxima(model, list(readers), feeds)
+    maxima = channel_maxima(model, list(readers), feeds, base_dir)
     init = {i.name: i for i in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
 

