@@ -56,9 +56,9 @@ def _mteb() -> Any:
 def local_tasks(quick: bool = False, *, sts_pairs: int | None = None, scifact_queries: int | None = None,
                 scifact_docs: int | None = None) -> list[Any]:
     """The two tasks on the local data; subsets when asked (quick: 300 pairs, 50 queries over
-    their relevant documents and others up to 500)."""
+    their relevant documents and others up to 300)."""
     if quick:
-        sts_pairs, scifact_queries, scifact_docs = sts_pairs or 300, scifact_queries or 50, scifact_docs or 500
+        sts_pairs, scifact_queries, scifact_docs = sts_pairs or 300, scifact_queries or 50, scifact_docs or 300
     return [local_sts(sts_pairs), local_scifact(scifact_queries, scifact_docs)]
 
 
@@ -161,19 +161,26 @@ def run(encoder: Any, tasks: list[Any]) -> dict[str, dict[str, float]]:
     return out
 
 
-def run_model(model: str, quick: bool, systems: tuple[str, ...] = SYSTEMS) -> dict:
+def run_model(model: str, quick: bool, systems: tuple[str, ...] = SYSTEMS, subsets: dict | None = None) -> dict:
     from e5_onnx.integrations.mteb import E5Encoder
 
     export = export_dir(model)
     import json
 
     max_length = json.loads((export / "manifest.json").read_text())["max_length"]
-    result: dict = {"export": str(export), "source": str(source_dir(model)), "max_length": max_length, "systems": {}}
+    tasks = local_tasks(quick, **(subsets or {}))
+    for task in tasks:
+        task.load_data()
+    sizes = {"STSBenchmark pairs": len(tasks[0].dataset["default"]["test"]),
+             "SciFact queries": len(tasks[1].dataset["default"]["test"]["queries"]),
+             "SciFact documents": len(tasks[1].dataset["default"]["test"]["corpus"])}
+    result: dict = {"export": str(export), "source": str(source_dir(model)), "max_length": max_length,
+                    "sizes": sizes, "systems": {}}
     for system in systems:
         t = time.time()
         encoder = torch_encoder(model, max_length) if system == "torch" else E5Encoder(export, system)
         print(f"[{model}] {system} ...", file=sys.stderr, flush=True)
-        scores = run(encoder, local_tasks(quick))
+        scores = run(encoder, local_tasks(quick, **(subsets or {})))
         result["systems"][system] = {"scores": scores, "seconds": round(time.time() - t, 1)}
         del encoder
     result["goals"] = goal_checks(result["systems"])
@@ -201,9 +208,11 @@ def goal_checks(systems: dict) -> dict:
 
 
 def table(results: dict) -> str:
-    lines = ["| model | task | score | torch | e5-onnx fp32 | e5-onnx INT8 |", "|---|---|---|---|---|---|"]
+    lines = ["| model | task (size) | score | torch | e5-onnx fp32 | e5-onnx INT8 |", "|---|---|---|---|---|---|"]
     for model, r in results.items():
-        s = r["systems"]
+        s, n = r["systems"], r.get("sizes", {})
+        size = {"STSBenchmark": f"{n.get('STSBenchmark pairs', '?')} pairs",
+                "SciFact": f"{n.get('SciFact queries', '?')} queries / {n.get('SciFact documents', '?')} docs"}
         for task, names in SCORES.items():
             for name in names:
                 ref = s.get("torch", {}).get("scores", {}).get(task, {}).get(name)
@@ -214,7 +223,7 @@ def table(results: dict) -> str:
                     if v is not None and ref is not None and label != "torch":
                         cell += f" ({v - ref:+.2f})"
                     cells.append(cell)
-                lines.append(f"| {model} | {task} | {name} | " + " | ".join(cells) + " |")
+                lines.append(f"| {model} | {task} ({size[task]}) | {name} | " + " | ".join(cells) + " |")
     goals = [(f"{m}: {k}", g) for m, r in results.items() for k, g in r.get("goals", {}).items()]
     missed = [f"{k} ({g['diff']:+.2f})" for k, g in goals if not g["ok"]]
     lines += ["", f"Goals: {len(goals) - len(missed)} of {len(goals)} met" + (f"; missed: {', '.join(missed)}" if missed else ".")]
@@ -225,7 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.mteb", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {MODELS}")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated, from {SYSTEMS}")
-    parser.add_argument("--quick", action="store_true", help="subsets of both tasks (a smoke run)")
+    parser.add_argument("--quick", action="store_true", help="subsets of both tasks: 300 STSb pairs, 50 SciFact "
+                        "queries over their relevant documents and others up to 300")
+    parser.add_argument("--sts-pairs", type=int, help="the first N STSb test pairs (default all 1,379)")
+    parser.add_argument("--scifact-queries", type=int, help="the first N SciFact test queries (default all 300)")
+    parser.add_argument("--scifact-docs", type=int, help="their relevant documents, then the corpus's first others, "
+                        "N in all (default all 5,183)")
     parser.add_argument("--out", type=Path, help="JSON report (default benchmarks/results/mteb.json, "
                         "mteb-quick.json with --quick); models not run now are kept from an existing one")
     args = parser.parse_args(argv)
@@ -233,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     systems = tuple(s for s in args.systems.split(",") if s)
     for bad in [m for m in models if m not in MODELS] + [s for s in systems if s not in SYSTEMS]:
         parser.error(f"unknown model or system {bad!r}")
+    subsets = {"sts_pairs": args.sts_pairs, "scifact_queries": args.scifact_queries, "scifact_docs": args.scifact_docs}
     out = args.out or ROOT / "benchmarks" / "results" / ("mteb-quick.json" if args.quick else "mteb.json")
     import json
 
@@ -246,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
               "models": dict(previous.get("models", {}))}
     for model in models:
         started = time.time()
-        report["models"][model] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), **run_model(model, args.quick, systems)}
+        report["models"][model] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), **run_model(model, args.quick, systems, subsets)}
         report["models"][model]["seconds"] = round(time.time() - started, 1)
         report["machine"]["loadavg_end"] = os.getloadavg()
         write_report(str(out), report, f"Command: `{report['command']}`; {report['machine']['cpu']}, "

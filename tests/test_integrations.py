@@ -247,7 +247,8 @@ def test_haystack_pipelines_and_serialisation(fp32, corpus, minilm_export):
     query.add_component("embed", E5TextEmbedder(minilm_export, "fp32"))
     query.add_component("retrieve", InMemoryEmbeddingRetriever(store, top_k=TOP))
     query.connect("embed.embedding", "retrieve.query_embedding")
-    query = Pipeline.loads(query.dumps())  # to_dict / from_dict of every component, the store by its index
+    # to_dict / from_dict of every component (the store comes back by its index name)
+    query = Pipeline.loads(query.dumps(), allowed_modules=["e5_onnx.integrations.haystack"])
     for text, top in zip(corpus["queries"], corpus["top"]):
         assert [d.id for d in query.run({"embed": {"text": text}})["retrieve"]["documents"]] == top
 

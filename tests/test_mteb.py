@@ -65,6 +65,7 @@ def test_mteb_evaluators_score_what_embedder_gives(fp32, no_network):
 
     sts, retrieval = local_sts(pairs=40), local_scifact(queries=8, docs=40)
     scores = run(encoder, [sts, retrieval])
+    sts.load_data(), retrieval.load_data()  # mteb unloads a task's data after evaluating it
 
     # STS: both sides as queries; mteb's Spearman of the cosines equals ours from Embedder
     rows = sts.dataset["default"]["test"]

@@ -16,7 +16,8 @@ over one Embedder each, for indexing and query pipelines.
 
 The model loads in `warm_up()` (the pipeline calls it; `run` does too when it was not), and
 `to_dict` / `from_dict` carry the constructor arguments, so a serialised pipeline re-creates
-them. Needs `pip install "e5-onnx[haystack]"`.
+them (Haystack 3 loads classes only from trusted modules: `Pipeline.loads(text,
+allowed_modules=["e5_onnx.integrations.haystack"])`). Needs `pip install "e5-onnx[haystack]"`.
 """
 from __future__ import annotations
 
