@@ -28,6 +28,13 @@ class MissingRangesError(ValueError):
     """int8/uint8 were asked of a model export that records no calibration ranges."""
 
 
+def ranges_file(manifest: dict, variant: str) -> str | None:
+    """The file of a variant's int8/uint8 ranges in an export's manifest, or None (an older export)."""
+    compact = manifest.get("compact")
+    ranges = compact.get("ranges") if isinstance(compact, dict) else None
+    return ranges.get(variant) if isinstance(ranges, dict) else None
+
+
 def check_precision(precision: object, what: str = "precision") -> str:
     """`precision` if it is one of PRECISIONS, else a TypeError / ValueError naming the choices."""
     if not isinstance(precision, str):

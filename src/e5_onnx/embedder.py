@@ -9,7 +9,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .compact import RANGED, MissingRangesError, check_precision, check_ranges, quantize
+from .compact import RANGED, MissingRangesError, check_precision, check_ranges, quantize, ranges_file
 from .lock import default_model_name
 from .manifest import ModelDirError, load_manifest, verified_graph, verified_path
 from .pool import mean_pool_normalize
@@ -124,7 +124,7 @@ class Embedder:
         `ranges=` to sentence-transformers' quantize_embeddings to get the same codes.
         MissingRangesError (a ValueError) for an export made before compact vectors existed."""
         if self._ranges is None:
-            name = self.manifest.get("compact", {}).get("ranges", {}).get(self.variant)
+            name = ranges_file(self.manifest, self.variant)
             if name is None:
                 raise MissingRangesError(
                     f"the export in {self.model_dir} records no int8/uint8 ranges (made by an e5-onnx without "
