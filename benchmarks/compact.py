@@ -17,7 +17,9 @@ For the rescoring rows, nDCG@10 comes from k = 10 (40 candidates), Recall@100 fr
 STSb: cosine of the two sentences' dequantized vectors (1 - 2 Hamming / dim for bits).
 
 Search time: all queries against the whole corpus, top 100, best of --repeats, side by side in one
-run: NumPy for every row, faiss IndexBinaryFlat (benchmark-only, the `bench` extra) for binary.
+run: NumPy for every row, faiss IndexBinaryFlat (benchmark-only, the `bench` extra) for binary;
+then the same against --scale-docs random unit vectors (what a search costs does not depend on
+what the vectors say; SciFact's 5,183 docs are too few to show it).
 Writes benchmarks/results/compact.json and .md.
 """
 from __future__ import annotations
@@ -135,7 +137,14 @@ def search_times(q: np.ndarray, d: np.ndarray, ranges: np.ndarray, repeats: int,
     return best
 
 
-def measure(model: str, quick: bool, repeats: int) -> dict:
+def scaled_times(q: np.ndarray, ranges: np.ndarray, n: int, repeats: int) -> dict[str, float]:
+    """search_times over n random unit vectors (seeded) with the model's queries and ranges."""
+    d = np.random.default_rng(0).standard_normal((n, q.shape[1]), dtype=np.float32)
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    return search_times(q, d, ranges, repeats)
+
+
+def measure(model: str, quick: bool, repeats: int, scale_docs: int = 0) -> dict:
     embedder, data = embeddings(model, quick)
     ranges, model_dir, dim, manifest = embedder.compact_ranges(), embedder.model_dir, embedder.dim, embedder.manifest
     del embedder  # its onnxruntime threads must not spin beside the timed searches
@@ -150,6 +159,7 @@ def measure(model: str, quick: bool, repeats: int) -> dict:
                 rows[r][f"{name} Recall@100"] = at100["Recall@100"]
                 per_query[r] = at10["nDCG@10 per query"]
             times = search_times(e["queries"], e["docs"], ranges, repeats)
+            scaled = scaled_times(e["queries"], ranges, scale_docs, max(1, repeats // 2)) if scale_docs else {}
             corpus = {"queries": len(e["queries"]), "docs": len(e["docs"])}
         else:
             from scipy.stats import spearmanr
@@ -166,7 +176,8 @@ def measure(model: str, quick: bool, repeats: int) -> dict:
               "met": rows[r]["SciFact nDCG@10 drop"] <= limit} for r, limit in GOALS.items()]
     return {"model": model, "export": str(model_dir), "dim": dim,
             "ranges_calibration_texts": manifest["compact"]["calibration_texts"],
-            "rows": rows, "search_seconds": times, "search_corpus": corpus, "goals": goals}
+            "rows": rows, "search_seconds": times, "search_corpus": corpus,
+            "scaled_search_seconds": scaled, "scaled_docs": scale_docs, "goals": goals}
 
 
 def _gold(name: str, quick: bool) -> list[float]:
@@ -193,6 +204,12 @@ def table(results: list[dict]) -> str:
         base = res["search_seconds"]["float32 (NumPy matmul)"]
         for name, s in res["search_seconds"].items():
             lines.append(f"| {name} | {1000 * s:.1f} | {base / s:.2f}x |")
+        if res.get("scaled_search_seconds"):
+            lines += ["", f"The same {c['queries']} queries x {res['scaled_docs']:,} random unit vectors:", "",
+                      "| search | ms | vs float32 |", "|---|---|---|"]
+            base = res["scaled_search_seconds"]["float32 (NumPy matmul)"]
+            for name, s in res["scaled_search_seconds"].items():
+                lines.append(f"| {name} | {1000 * s:.0f} | {base / s:.2f}x |")
         lines += ["", "| goal | row | drop | met |", "|---|---|---|---|"]
         lines += [f"| {g['goal']} | {g['row']} | {g['drop']:+.2f} | {'yes' if g['met'] else '**no**'} |"
                   for g in res["goals"]]
@@ -205,11 +222,12 @@ def main() -> None:
     p.add_argument("--models", default="minilm,me5")
     p.add_argument("--quick", action="store_true", help="30 queries, a 200-pair STSb subset")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--scale-docs", type=int, default=200_000, help="docs of the scaled search timing (0: none)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "compact.json")
     args = p.parse_args()
     env = machine()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    results = [measure(m, args.quick, args.repeats) for m in args.models.split(",")]
+    results = [measure(m, args.quick, args.repeats, args.scale_docs) for m in args.models.split(",")]
     res = {"command": "python -m benchmarks." + " ".join(["compact"] + sys.argv[1:]), "started": started,
            "machine": env, "results": results}
     header = f"`{res['command']}`, {started}, {env['cpu']}, {env['cores_available']} cores available\n\n"
