@@ -244,7 +244,8 @@ def test_bad_precision_is_one_line(model_dir, tmp_path):
     (old / "manifest.json").write_text(json.dumps(manifest))
     for args, env, want in [(["--precision", "int4"], {}, "unknown --precision 'int4'; choose one of float32, int8"),
                             ([], {"E5_ONNX_PRECISION": "fp16"}, "unknown --precision 'fp16'"),
-                            (["--precision", "int8", "-m", old], {}, "records no int8/uint8 ranges")]:
+                            (["--precision", "int8", "-m", old], {}, "records no int8/uint8 ranges"),
+                            (["--precision", "binary", "--ray"], {}, "not supported with --ray")]:
         proc = subprocess.run([sys.executable, "-m", "e5_onnx.cli", "embed", str(tmp_path / "in.txt"), "-o",
                                str(tmp_path / "o.npy"), "-m", str(model_dir), *map(str, args)],
                               capture_output=True, text=True, timeout=300, env={**os.environ, **env})
