@@ -224,13 +224,21 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--scale-docs", type=int, default=200_000, help="docs of the scaled search timing (0: none)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "compact.json")
+    p.add_argument("--merge", action="store_true", help="keep the other models' results already in --out")
     args = p.parse_args()
     env = machine()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    command = "python -m benchmarks." + " ".join(["compact"] + sys.argv[1:])
     results = [measure(m, args.quick, args.repeats, args.scale_docs) for m in args.models.split(",")]
-    res = {"command": "python -m benchmarks." + " ".join(["compact"] + sys.argv[1:]), "started": started,
-           "machine": env, "results": results}
-    header = f"`{res['command']}`, {started}, {env['cpu']}, {env['cores_available']} cores available\n\n"
+    for r in results:
+        r.update(command=command, started=started, loadavg_start=env["loadavg_start"])
+    if args.merge and args.out.is_file():  # each model keeps the run (command, time, load) it came from
+        results = [r for r in json.loads(args.out.read_text())["results"] if r["model"] not in args.models.split(",")
+                   ] + results
+    res = {"machine": env, "results": results}
+    header = "\n".join(f"- {r['model']}: `{r['command']}`, {r['started']}, load average at start "
+                       f"{r['loadavg_start'][0]:.1f}" for r in results)
+    header = f"{env['cpu']}, {env['cores_available']} cores available (shared)\n\n{header}\n\n"
     write_report(str(args.out), res, header + table(results))
 
 

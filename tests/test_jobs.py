@@ -232,7 +232,7 @@ def test_compact_precisions_in_every_output_format(model_dir, tmp_path, precisio
         assert table.schema.metadata[b"e5_onnx.precision"] == precision.encode()
         got = np.array(table.column("embedding").to_pylist(), dtype=want.dtype)
     assert got.dtype == want.dtype and np.array_equal(got, want)
-    assert f"x {want.shape[1]} {precision}" in proc.stderr
+    assert f"(7 x {Embedder(model_dir).dim} {precision})" in proc.stderr  # dims, stored as {precision}
 
 
 def test_bad_precision_is_one_line(model_dir, tmp_path):
