@@ -24,6 +24,8 @@ class Task:
     kind: str  # "sts" | "retrieval" | "bitext": which goal applies
     groups: dict[str, list[str]]
     score: Callable[[dict[str, np.ndarray]], dict[str, float]]
+    # retrieval only: the same metrics from each query's ranked doc indices (benchmarks/compact.py)
+    score_top: Callable[[np.ndarray], dict[str, float]] | None = None
 
 
 def sts_task(lang: str, limit: int | None) -> Task:
@@ -52,7 +54,9 @@ def scifact_task(quick: bool, split: str = "test") -> Task:
 
     def score(e):
         scores = e["queries"] @ e["docs"].T
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :100]
+        return score_top(np.argsort(-scores, axis=1, kind="stable")[:, :100])
+
+    def score_top(top):
         ndcg, recall = [], []
         for qi, qid in enumerate(qids):
             rel = qrels[qid]
@@ -68,7 +72,7 @@ def scifact_task(quick: bool, split: str = "test") -> Task:
 
     docs = [PASSAGE + f"{corpus[d]['title']} {corpus[d]['text']}".strip() for d in dids]
     name, kind = ("SciFact", "retrieval") if split == "test" else (f"SciFact {split}", f"retrieval-{split}")
-    return Task(name, kind, {"queries": [QUERY + queries[q] for q in qids], "docs": docs}, score)
+    return Task(name, kind, {"queries": [QUERY + queries[q] for q in qids], "docs": docs}, score, score_top)
 
 
 def tatoeba_task(lang: str, limit: int | None) -> Task:

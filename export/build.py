@@ -21,7 +21,7 @@ from e5_onnx.manifest import FORMAT, MANIFEST, sha256_file
 from e5_onnx.session import available_cores
 
 from . import convert, parity, publish, smooth, tables
-from .calibration import calibration_texts
+from .calibration import calibration_texts, ranges_texts
 from .probes import probe_texts
 
 SUPPORTED_MODEL_TYPES = ("bert", "xlm-roberta")
@@ -244,9 +244,24 @@ def _export_into(staging, source_dir, source, name, query_prefix, passage_prefix
     if failures:
         raise ExportError("parity check failed, nothing written:\n  " + "\n  ".join(failures))
     manifest["parity"] = {r.name: r.summary() for r in results + [fp32_vs_int8]}
+    log("ranges for int8/uint8 compact vectors ...")
+    manifest["compact"] = write_ranges(staging, ranges_texts(query_prefix, passage_prefix))
     manifest["export"]["seconds"] = round(time.time() - started, 1)
     _write_manifest(staging, manifest)
     return manifest
+
+
+def write_ranges(model_dir: Path, texts: list[str]) -> dict:
+    """Per-dimension [min; max] of each variant's embeddings of `texts`, saved as ranges_<variant>.npy
+    ((2, dim) float32: sentence-transformers' `ranges`); the manifest's "compact" entry for them.
+    Fixed here, once, so a text's int8 code never depends on the batch it is embedded in."""
+    files = {}
+    for variant in ("int8", "fp32"):
+        emb = Embedder(model_dir, variant=variant).encode(texts)
+        np.save(model_dir / f"ranges_{variant}.npy", np.vstack([emb.min(axis=0), emb.max(axis=0)]).astype(np.float32))
+        files[variant] = f"ranges_{variant}.npy"
+    return {"ranges": files, "calibration_texts": len(texts),
+            "rule": "per-dimension min and max of the calibration texts' embeddings (export/calibration.py)"}
 
 
 def _write_manifest(model_dir: Path, manifest: dict) -> None:

@@ -82,3 +82,9 @@ def calibration_texts(query_prefix: str = "query: ", passage_prefix: str = "pass
     bare = ["E5", "🙂 thanks!", "x" * 40]
     return ([query_prefix + q for q in QUERIES] + [passage_prefix + p for p in PASSAGES]
             + PASSAGES[:6] + bare)
+
+
+def ranges_texts(query_prefix: str = "query: ", passage_prefix: str = "passage: ") -> list[str]:
+    """The texts whose embeddings fix the per-dimension int8/uint8 ranges (export/build.py write_ranges):
+    the same disjoint set, every text with and without its prefix, as users embed both ways."""
+    return calibration_texts(query_prefix, passage_prefix) + QUERIES + PASSAGES[6:]

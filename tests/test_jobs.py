@@ -1,6 +1,8 @@
 """Corpus embedding: Embedder.embed_stream / count_tokens / long_text="window", and the
 `e5-onnx embed` job's formats, progress and errors (one line on stderr, never a traceback)."""
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -208,3 +210,45 @@ def test_unknown_model_is_one_line(tmp_path):
         proc = run_cli(tmp_path / "in.txt", "-o", tmp_path / "o.npy", "-m", model)
         assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert str(model) in proc.stderr
+
+
+@pytest.mark.parametrize("precision,out", [("int8", "o.npy"), ("uint8", "o.parquet"), ("binary", "o.jsonl"),
+                                           ("ubinary", "o.parquet")])
+def test_compact_precisions_in_every_output_format(model_dir, tmp_path, precision, out):
+    corpus = texts(7, seed=3)
+    (tmp_path / "in.txt").write_text("\n".join(corpus) + "\n")
+    proc = run_cli(tmp_path / "in.txt", "-o", tmp_path / out, "-m", model_dir, "--precision", precision,
+                   "--chunk-size", "3")
+    assert proc.returncode == 0, proc.stderr
+    want = Embedder(model_dir).encode(corpus, precision=precision)
+    if out.endswith(".npy"):
+        got = np.load(tmp_path / out)
+    elif out.endswith(".jsonl"):
+        got = np.array([json.loads(line)["embedding"] for line in open(tmp_path / out)], dtype=want.dtype)
+    else:
+        table = pq.read_table(tmp_path / out)
+        kind = table.schema.field("embedding").type
+        assert kind.list_size == want.shape[1] and kind.value_type == pa.from_numpy_dtype(want.dtype)
+        assert table.schema.metadata[b"e5_onnx.precision"] == precision.encode()
+        got = np.array(table.column("embedding").to_pylist(), dtype=want.dtype)
+    assert got.dtype == want.dtype and np.array_equal(got, want)
+    assert f"(7 x {Embedder(model_dir).dim} {precision})" in proc.stderr  # dims, stored as {precision}
+
+
+def test_bad_precision_is_one_line(model_dir, tmp_path):
+    (tmp_path / "in.txt").write_text("a\n")
+    old = tmp_path / "old-export"  # made before compact vectors: no ranges in its manifest
+    shutil.copytree(model_dir, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["compact"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    for args, env, want in [(["--precision", "int4"], {}, "unknown --precision 'int4'; choose one of float32, int8"),
+                            ([], {"E5_ONNX_PRECISION": "fp16"}, "unknown --precision 'fp16'"),
+                            (["--precision", "int8", "-m", old], {}, "records no int8/uint8 ranges"),
+                            (["--precision", "binary", "--ray"], {}, "not supported with --ray")]:
+        proc = subprocess.run([sys.executable, "-m", "e5_onnx.cli", "embed", str(tmp_path / "in.txt"), "-o",
+                               str(tmp_path / "o.npy"), "-m", str(model_dir), *map(str, args)],
+                              capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert want in proc.stderr
+        assert not (tmp_path / "o.npy").exists() and not (tmp_path / "o.npy.e5-onnx-job").exists()

@@ -194,8 +194,19 @@ GOOD = [
     (rest_v1({"input": TEXTS[2:], "input_type": "query", "encoding_format": "base64"}, b64=True), ["query: " + t for t in TEXTS[2:]], "base64"),
 ]
 
+# compact vectors: (event, texts as the model sees them, embedding_type, encoding)
+COMPACT = [
+    ({"input": TEXTS, "embedding_type": "int8"}, TEXTS, "int8", "float"),
+    (http_v2({"input": TEXTS[:3], "embedding_type": "ubinary", "encoding_format": "base64"}), TEXTS[:3], "ubinary",
+     "base64"),
+    (rest_v1({"input": TEXTS, "input_type": "query", "embedding_type": "binary"}), ["query: " + t for t in TEXTS],
+     "binary", "float"),
+]
+
 # (event, expected status (None: direct invocation), words the error must contain)
 BAD = [
+    ({"input": "t", "embedding_type": "int4"}, None, "unknown embedding_type 'int4'"),
+    (http_v2({"input": "t", "embedding_type": "float32"}), 400, "unknown embedding_type 'float32'"),
     ({}, None, "missing 'input'"),
     ({"input": 5}, None, "'input' is a number"),
     ({"input": None}, None, "'input' is null"),
@@ -246,7 +257,7 @@ def vectors(body: dict, encoding: str) -> np.ndarray:
 def test_sandboxed_handler_answers_every_event_like_the_embedder(host_bundle, unpacked, minilm_export):
     """The read-only bundle in a fresh isolated interpreter: every good shape gives the in-process
     Embedder's vectors on the same batch (cos >= 0.99999), every bad one a 400 naming the problem."""
-    events = [e for e, _, _ in GOOD] + [e for e, _, _ in BAD]
+    events = [e for e, _, _ in GOOD] + [e for e, _, _, _ in COMPACT] + [e for e, _, _ in BAD]
     out = run_sandboxed(unpacked, events)
 
     # it really ran confined: nobody, every write outside the scratch tmp refused, nothing left there
@@ -277,7 +288,21 @@ def test_sandboxed_handler_answers_every_event_like_the_embedder(host_bundle, un
         assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
         assert body["model"] == "all-MiniLM-L6-v2" and body["object"] == "list"
 
-    for (event, status, words), answer in zip(BAD, out["answers"][len(GOOD):]):
+    # a code moves only as far as its float: an int8 code one step at most, a bit only near 0
+    for (event, texts, kind, encoding), answer in zip(COMPACT, out["answers"][len(GOOD):]):
+        body = decode(answer)
+        want = reference.encode(texts, precision=kind)
+        rows = [d["embedding"] for d in body["data"]]
+        got = (np.stack([np.frombuffer(base64.b64decode(r), dtype=want.dtype) for r in rows]) if encoding == "base64"
+               else np.array(rows, dtype=want.dtype))
+        assert got.shape == want.shape, (event, got.shape)
+        if kind == "int8":
+            assert np.abs(got.astype(np.int16) - want).max() <= 1, event
+        else:
+            flipped = np.unpackbits(got.view(np.uint8) ^ want.view(np.uint8), axis=1).astype(bool)
+            assert (np.abs(reference.encode(texts)[flipped]) < 0.0045).all(), event
+
+    for (event, status, words), answer in zip(BAD, out["answers"][len(GOOD) + len(COMPACT):]):
         if status is None:
             assert set(answer) == {"error"}, (event, answer)
             body = answer
@@ -300,7 +325,7 @@ def test_bundle_is_pruned_compiled_and_world_readable(host_bundle, unpacked):
     assert not top & {"huggingface_hub", "hf_xet", "httpx", "yaml", "google", "bin"}, top
     assert not (unpacked / "e5_onnx" / "export").exists()
     assert sorted(p.name for p in (unpacked / "e5-onnx-model").iterdir()) == [
-        "manifest.json", "model_int8.onnx", "model_int8.onnx.data", "tokenizer.json"]
+        "manifest.json", "model_int8.onnx", "model_int8.onnx.data", "ranges_int8.npy", "tokenizer.json"]
     assert not list(unpacked.glob("onnxruntime/capi/libonnxruntime.so*"))
     # every module has an unchecked-hash .pyc for this interpreter: zip extraction changes mtimes
     tag = sys.implementation.cache_tag

@@ -129,12 +129,15 @@ def test_model_package_installs_embeds_verifies_and_uninstalls(runtime_venv, min
         m = Embedder("e5-small-v2")
         assert "site-packages" in str(m.model_dir), m.model_dir
         np.save("got.npy", m.encode({TEXTS!r}))
+        np.save("codes.npy", m.encode({TEXTS!r}, precision="int8"))  # the package carries the int8 ranges
         print(m.model_dir)
     """, cwd=work, env=env)
     from e5_onnx import Embedder
 
     want = Embedder(minilm_export).encode(TEXTS)
     assert ((np.load(work / "got.npy") * want).sum(1) >= 0.99999).all()
+    codes = Embedder(minilm_export).encode(TEXTS, precision="int8")
+    assert np.abs(np.load(work / "codes.npy").astype(np.int16) - codes).max() <= 1
 
     installed = Path(py(runtime_venv, "from e5_onnx.registry import installed_model; print(installed_model('e5-small-v2').path)",
                         cwd=work, env=env).stdout.strip())

@@ -115,7 +115,8 @@ def test_changed_input_or_model_is_refused_then_restart(corpus, tiny_exports, tm
     proc = subprocess.run(command(shorter, out, model), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "input changed" in proc.stderr, proc.stderr
 
-    for other in (["-m", tiny_exports["unigram-bert"]], ["--variant", "fp32"], ["--prefix", "query"]):
+    for other in (["-m", tiny_exports["unigram-bert"]], ["--variant", "fp32"], ["--prefix", "query"],
+                  ["--precision", "int8"]):  # never float32 rows and int8 codes in one output
         cmd = command(corpus, out, model) + [str(a) for a in other]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 1 and "checkpoint of a different job" in proc.stderr, proc.stderr

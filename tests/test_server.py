@@ -252,6 +252,21 @@ def test_overload_gets_429_with_retry_after_then_recovers(tiny, tiny_fp32, tmp_p
         assert server.stop() == 0, server.logs()
 
 
+@pytest.mark.parametrize("kind", ["int8", "uint8", "binary", "ubinary"])
+def test_embedding_type_gives_embedder_codes_as_integers_and_base64_bytes(fp32_server, tiny_fp32, kind):
+    texts = [sentence(i, 4 + i) for i in range(5)]
+    want = tiny_fp32.encode(texts, precision=kind)
+    status, _, body = fp32_server.embed(texts, embedding_type=kind)
+    assert status == 200, body
+    assert np.array_equal(np.array([d["embedding"] for d in body["data"]], dtype=want.dtype), want)
+    status, _, body = fp32_server.embed(texts, embedding_type=kind, encoding_format="base64")
+    assert status == 200, body
+    raw = [np.frombuffer(base64.b64decode(d["embedding"]), dtype=want.dtype) for d in body["data"]]
+    assert np.array_equal(np.array(raw), want) and len(base64.b64decode(body["data"][0]["embedding"])) == want.shape[1]
+    status, _, body = fp32_server.embed(texts, embedding_type="float")
+    assert status == 200 and cosines([d["embedding"] for d in body["data"]], tiny_fp32.encode(texts)).min() >= 0.99999
+
+
 # ---------------------------------------------------------------- bad requests
 
 JSON = {"Content-Type": "application/json"}
@@ -277,6 +292,11 @@ BAD = [
     ("model a number", JSON, b'{"input": "a", "model": 3}', 400, "'model' must be a string", "model"),
     ("lone surrogate", JSON, b'{"input": ["ok", "x\\ud800y"]}', 400, "input[1] holds an unpaired UTF-16 surrogate escape (U+D800 at character 1)", "input"),
     ("invalid utf-8", JSON, b'{"input": "caf\xe9"}', 400, "not valid UTF-8", None),
+    ("unknown embedding_type", JSON, b'{"input": "a", "embedding_type": "int4"}', 400,
+     "unknown embedding_type 'int4': choose one of ('float', 'int8', 'uint8', 'binary', 'ubinary')", "embedding_type"),
+    ("embedding_type upper case", JSON, b'{"input": "a", "embedding_type": "INT8"}', 400, "choose one of", "embedding_type"),
+    ("embedding_type float32", JSON, b'{"input": "a", "embedding_type": "float32"}', 400, "choose one of", "embedding_type"),
+    ("embedding_type a number", JSON, b'{"input": "a", "embedding_type": 8}', 400, "unknown embedding_type 8", "embedding_type"),
     ("nested deep", JSON, b'{"input": ' + b"[" * 20_000 + b"]" * 20_000 + b"}", 400, "", None),
 ]
 

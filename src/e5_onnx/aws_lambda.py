@@ -22,6 +22,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from .compact import ranges_file
 from .embedder import Embedder
 from .manifest import ModelDirError
 from .openai_api import ApiError, parse_embeddings_request, parse_json, render_embeddings
@@ -71,10 +72,12 @@ def respond(payload: Any) -> bytes:
     """The OpenAI response body for a decoded request; ApiError for a bad one."""
     request = parse_embeddings_request(payload, dim=EMBEDDER.dim, max_inputs=MAX_TEXTS,
                                        inputs_setting="E5_ONNX_MAX_TEXTS",
-                                       prefixes={"query": EMBEDDER.query_prefix, "passage": EMBEDDER.passage_prefix})
+                                       prefixes={"query": EMBEDDER.query_prefix, "passage": EMBEDDER.passage_prefix},
+                                       has_ranges=ranges_file(EMBEDDER.manifest, EMBEDDER.variant) is not None)
     texts = request.texts
     tokens = sum(len(e.ids) for e in EMBEDDER.tokenizer.encode(texts))  # after truncation, with specials
-    return render_embeddings(EMBEDDER.encode(texts), request.encoding_format, MODEL_NAME, tokens)
+    vectors = EMBEDDER.encode(texts, precision=request.precision)
+    return render_embeddings(vectors, request.encoding_format, MODEL_NAME, tokens)
 
 
 def is_http_event(event: Any) -> bool:

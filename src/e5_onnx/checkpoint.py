@@ -100,7 +100,7 @@ class Checkpoint:
         vectors_path = self.dir / f"{k:08d}.npy"
         tmp = vectors_path.with_name(vectors_path.name + ".tmp")
         with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(vectors, dtype=np.float32))
+            np.save(f, np.ascontiguousarray(vectors))  # float32, or the compact precision's dtype
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, vectors_path)

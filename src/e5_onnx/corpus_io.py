@@ -15,6 +15,8 @@ from typing import Any, BinaryIO, Iterable, Iterator
 
 import numpy as np
 
+from .compact import DTYPES, width
+
 INPUT_FORMATS = ("auto", "lines", "jsonl", "parquet")
 OUTPUT_FORMATS = {".npy": "npy", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 Record = tuple[Any, str]  # (id or None, text)
@@ -165,15 +167,19 @@ def _regular_size(stream: BinaryIO) -> int | None:
     return st.st_size if stat.S_ISREG(st.st_mode) and st.st_size else None
 
 
-Chunk = tuple[np.ndarray, list]  # (rows x dim float32 vectors, ids: one per row, None where the input had none)
+# (rows x width vectors: float32, or int8/uint8 codes / packed bits (compact.py); ids: one per row,
+# None where the input had none)
+Chunk = tuple[np.ndarray, list]
 
 
-def write_npy(stream: BinaryIO, chunks: Iterable[Chunk], rows: int, dim: int) -> None:
-    """A .npy file written chunk by chunk: the header carries the final shape, known up front."""
-    np.lib.format.write_array_header_1_0(stream, {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")),
+def write_npy(stream: BinaryIO, chunks: Iterable[Chunk], rows: int, dim: int, precision: str = "float32") -> None:
+    """A .npy file written chunk by chunk: the header carries the final shape, known up front.
+    `dim` is the row width (dim / 8 for packed bits); the dtype is the precision's."""
+    dtype = np.dtype(DTYPES[precision]).newbyteorder("<")
+    np.lib.format.write_array_header_1_0(stream, {"descr": np.lib.format.dtype_to_descr(dtype),
                                                   "fortran_order": False, "shape": (rows, dim)})
     for vectors, _ in chunks:
-        stream.write(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
+        stream.write(np.ascontiguousarray(vectors, dtype=dtype).tobytes())
 
 
 def write_jsonl(stream: Any, chunks: Iterable[Chunk], has_ids: bool) -> None:
@@ -192,15 +198,18 @@ def write_jsonl(stream: Any, chunks: Iterable[Chunk], has_ids: bool) -> None:
         stream.write("".join(lines))
 
 
-def write_parquet(path: Path, chunks: Iterable[Chunk], has_ids: bool, dim: int) -> None:
-    """index (int64), id (when the input had ids), embedding (fixed_size_list<float32>[dim]);
-    one row group per chunk."""
+def write_parquet(path: Path, chunks: Iterable[Chunk], has_ids: bool, dim: int, precision: str = "float32") -> None:
+    """index (int64), id (when the input had ids), embedding (fixed_size_list<float32>[dim]; compact:
+    fixed_size_list<int8 | uint8>[dim], or [dim / 8] packed bits for binary / ubinary, the
+    precision in the schema's metadata as e5_onnx.precision); one row group per chunk."""
     pa = import_pyarrow()
+    dtype, dim = np.dtype(DTYPES[precision]), width(precision, dim)
+    metadata = {b"e5_onnx.precision": precision.encode()}
     writer = None
     index = 0
     try:
         for vectors, ids in chunks:
-            flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+            flat = pa.array(np.ascontiguousarray(vectors, dtype=dtype).reshape(-1))
             columns = {"index": pa.array(np.arange(index, index + len(vectors), dtype=np.int64))}
             if has_ids:
                 try:
@@ -209,14 +218,14 @@ def write_parquet(path: Path, chunks: Iterable[Chunk], has_ids: bool, dim: int) 
                     raise ValueError(f"ids of rows {index}-{index + len(ids) - 1} cannot form one Parquet column "
                                      f"(mixed types?): {error}") from None
             columns["embedding"] = pa.FixedSizeListArray.from_arrays(flat, dim)
-            table = pa.table(columns)
+            table = pa.table(columns, metadata=metadata)
             if writer is None:
                 writer = pa.parquet.ParquetWriter(str(path), table.schema)
             writer.write_table(table.cast(writer.schema) if table.schema != writer.schema else table)
             index += len(vectors)
         if writer is None:  # no rows: still a valid file with the schema
             fields = [("index", pa.int64())] + ([("id", pa.string())] if has_ids else [])
-            schema = pa.schema(fields + [("embedding", pa.list_(pa.float32(), dim))])
+            schema = pa.schema(fields + [("embedding", pa.list_(pa.from_numpy_dtype(dtype), dim))], metadata=metadata)
             writer = pa.parquet.ParquetWriter(str(path), schema)
     finally:
         if writer is not None:

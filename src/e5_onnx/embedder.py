@@ -11,8 +11,9 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from .backends import open_session, resolve
+from .compact import RANGED, MissingRangesError, check_precision, check_ranges, quantize, ranges_file
 from .lock import default_model_name
-from .manifest import ModelDirError, load_manifest, verified_graph
+from .manifest import ModelDirError, load_manifest, verified_graph, verified_path
 from .pool import mean_pool_normalize
 from .registry import resolve_model_dir
 from .tokenize import Ids, TextTokenizer, compact
@@ -67,6 +68,8 @@ class Embedder:
             raise ModelDirError(f"{self.model_dir} has no {graph_variant!r} variant; it has {sorted(self.manifest['variants'])}")
         self.backend = backend
         self.variant = variant
+        self.graph_variant = graph_variant  # the file: bf16 runs the fp32 graph (and its compact ranges)
+        self._ranges: np.ndarray | None = None
         self.dim: int = self.manifest["dim"]
         self.max_length: int = self.manifest["max_length"]
         self.query_prefix: str = self.manifest["query_prefix"]
@@ -91,8 +94,12 @@ class Embedder:
         streams = getattr(self.session, "streams", 1)  # OpenVINO: calls that may run side by side
         self._streams = ThreadPoolExecutor(streams, thread_name_prefix="e5-onnx-stream") if streams > 1 else None
 
-    def encode(self, texts: Sequence[str], *, long_text: str | None = None) -> np.ndarray:
+    def encode(self, texts: Sequence[str], *, long_text: str | None = None, precision: str = "float32") -> np.ndarray:
         """Embed texts exactly as given -> (len(texts), dim) float32, rows of norm 1, input order.
+
+        `precision` "int8" / "uint8" (dim bytes a row), "binary" / "ubinary" (dim / 8 bytes of packed
+        sign bits) give sentence-transformers' `quantize_embeddings` layout (compact.py), with int8
+        ranges fixed at export (`compact_ranges`), so a text's code does not depend on its batch.
 
         `texts`: a list, tuple, generator or 1-D NumPy array of str; any Unicode text is embedded
         (NUL, control and zero-width characters go to the model's own tokenizer as they are;
@@ -100,10 +107,12 @@ class Embedder:
         surrogate (U+D800-U+DFFF, which UTF-8 cannot hold) a ValueError; both name the item's
         index. A dict or set is a TypeError (a dict would give its keys, a set has no order).
         """
-        return self.encode_counted(texts, long_text=long_text)[0]
+        return self.encode_counted(texts, long_text=long_text, precision=precision)[0]
 
-    def encode_counted(self, texts: Sequence[str], *, long_text: str | None = None) -> tuple[np.ndarray, TokenCounts]:
+    def encode_counted(self, texts: Sequence[str], *, long_text: str | None = None, precision: str = "float32"
+                       ) -> tuple[np.ndarray, TokenCounts]:
         """`encode`, plus the token counts of the same tokenisation (what `e5-onnx embed` reports)."""
+        ranges = self.compact_ranges() if check_precision(precision) in RANGED else None
         texts = _check_texts(texts)
         mode = self.long_text if long_text is None else check_mode(long_text)
         seqs: list[Ids] = []
@@ -126,10 +135,29 @@ class Embedder:
         else:  # batches side by side, one per stream; each writes only its own rows
             for _ in self._streams.map(embed, batches):
                 pass
-        return combine(out, owner, len(texts)), _joined(parts)
+        return quantize(combine(out, owner, len(texts)), precision, ranges), _joined(parts)
+
+    def compact_ranges(self) -> np.ndarray:
+        """This model's int8/uint8 ranges: (2, dim) float32 per-dimension [min; max] of its calibration
+        texts' embeddings (this variant's), read from the export and sha256-checked. Pass them as
+        `ranges=` to sentence-transformers' quantize_embeddings to get the same codes.
+        MissingRangesError (a ValueError) for an export made before compact vectors existed."""
+        if self._ranges is None:
+            name = ranges_file(self.manifest, self.graph_variant)
+            if name is None:
+                raise MissingRangesError(
+                    f"the export in {self.model_dir} records no int8/uint8 ranges (made by an e5-onnx without "
+                    "compact vectors): re-export it (`e5-onnx export`) for int8/uint8; binary and ubinary work as is")
+            ranges = np.load(verified_path(self.model_dir, self.manifest, name), allow_pickle=False)
+            try:
+                self._ranges = check_ranges(ranges, self.dim).astype(np.float32)
+            except ValueError as error:
+                raise ModelDirError(f"{self.model_dir / name}: {error}; re-export the model") from None
+        return self._ranges
 
     def embed_stream(
-        self, texts: Iterable[str], chunk_size: int = 1024, *, long_text: str | None = None
+        self, texts: Iterable[str], chunk_size: int = 1024, *, long_text: str | None = None,
+        precision: str = "float32",
     ) -> Iterator[np.ndarray]:
         """Embed an iterable of any length, `chunk_size` texts at a time: yields one
         (rows, dim) array per chunk, in input order; memory is bounded by the chunk, not the corpus.
@@ -143,6 +171,8 @@ class Embedder:
             raise TypeError(f"texts must be an ordered iterable of str, not a {type(texts).__name__}")
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        if check_precision(precision) in RANGED:
+            self.compact_ranges()  # a missing range is an error before the first chunk, not after
         items, start = iter(texts), 0
         while chunk := list(islice(items, chunk_size)):
             try:
@@ -150,7 +180,7 @@ class Embedder:
             except (TypeError, ValueError) as error:  # name the item by its index in the whole stream
                 at_stream = re.sub(r"texts\[(\d+)\]", lambda m: f"texts[{start + int(m.group(1))}]", str(error))
                 raise type(error)(at_stream) from None
-            yield self.encode(chunk, long_text=long_text)
+            yield self.encode(chunk, long_text=long_text, precision=precision)
             start += len(chunk)
 
     def count_tokens(self, texts: Sequence[str], *, long_text: str | None = None) -> TokenCounts:
@@ -167,13 +197,13 @@ class Embedder:
         for start in range(0, len(texts), TOKENISE_SLICE):
             yield start, self.tokenizer.encode(texts[start : start + TOKENISE_SLICE], head_only=mode == "truncate")
 
-    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+    def encode_queries(self, texts: Sequence[str], *, precision: str = "float32") -> np.ndarray:
         """Embed search queries (or both sides of a symmetric task): adds the `query: ` prefix."""
-        return self.encode([self.query_prefix + t for t in _check_texts(texts)])
+        return self.encode([self.query_prefix + t for t in _check_texts(texts)], precision=precision)
 
-    def encode_passages(self, texts: Sequence[str]) -> np.ndarray:
+    def encode_passages(self, texts: Sequence[str], *, precision: str = "float32") -> np.ndarray:
         """Embed documents to be retrieved: adds the `passage: ` prefix."""
-        return self.encode([self.passage_prefix + t for t in _check_texts(texts)])
+        return self.encode([self.passage_prefix + t for t in _check_texts(texts)], precision=precision)
 
 
 def _joined(parts: list[TokenCounts]) -> TokenCounts:

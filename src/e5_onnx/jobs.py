@@ -3,7 +3,7 @@ Parquet), streamed chunk by chunk and resumable: run the same command again afte
 finishes the job. `--ray [ADDRESS]` runs it Parquet to Parquet on a Ray cluster instead.
 
 Every flag can also be set by an environment variable (E5_ONNX_MODEL, E5_ONNX_VARIANT,
-E5_ONNX_THREADS, E5_ONNX_PREFIX, E5_ONNX_CHUNK_SIZE, E5_ONNX_LONG_TEXT).
+E5_ONNX_THREADS, E5_ONNX_PREFIX, E5_ONNX_CHUNK_SIZE, E5_ONNX_LONG_TEXT, E5_ONNX_PRECISION).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from .checkpoint import Checkpoint, fsync_dir, records_digest
+from .compact import PRECISIONS, check_precision, width
 from .corpus_io import (INPUT_FORMATS, MissingExtraError, Record, input_format, open_reader, output_format,
                         write_jsonl, write_npy, write_parquet)
 from .backends import BACKENDS, ENV as BACKEND_ENV
@@ -47,6 +48,9 @@ def parser() -> argparse.ArgumentParser:
                    help="JSONL field / Parquet column holding an id kept beside each vector (default: id, if present)")
     p.add_argument("--long-text", choices=LONG_TEXT, default=env("E5_ONNX_LONG_TEXT", "truncate"),
                    help="texts past the model's limit: keep the first window (default) or average every window")
+    p.add_argument("--precision", default=env("E5_ONNX_PRECISION", "float32"), metavar="|".join(PRECISIONS),
+                   help="float32 (default), int8/uint8 (1 byte a dimension), binary/ubinary (packed sign bits, "
+                        "1 bit a dimension): sentence-transformers' quantize_embeddings layout")
     p.add_argument("--chunk-size", type=int, default=int(env("E5_ONNX_CHUNK_SIZE", "1024")),
                    help="texts per checkpointed chunk: memory and the work a kill can lose (default 1024)")
     p.add_argument("--threads", type=int, default=int(env("E5_ONNX_THREADS", "0")) or None)
@@ -63,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.chunk_size < 1:
         raise ValueError(f"--chunk-size must be 1 or more, not {args.chunk_size}")
+    check_precision(args.precision, "--precision")
+    if args.ray is not None and args.precision != "float32":
+        raise ValueError(f"--precision {args.precision} is not supported with --ray yet: embed float32 there, or "
+                         "run without --ray")
     try:
         if args.ray is not None:
             from .ray import run_job
@@ -106,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
     prefix = {"none": "", "query": model.query_prefix, "passage": model.passage_prefix}[args.prefix]
     progress = Progress(args.progress or sys.stderr.isatty(), reader.fraction_done,
                         "truncated" if args.long_text == "truncate" else "split into windows")
+    if args.precision in ("int8", "uint8"):
+        model.compact_ranges()  # an export without ranges fails here, before any work
     checkpoint = None if to_stdout else Checkpoint(output, job_settings(args, model, prefix), args.restart)
 
     def embedded() -> Iterator[tuple]:
@@ -117,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
                 meta = checkpoint.check_input(k, row, digest)
                 progress.skip(meta["rows"], meta["over_limit"])
             else:
-                vectors, counts = model.encode_counted([prefix + text for _, text in records])
+                vectors, counts = model.encode_counted([prefix + text for _, text in records], precision=args.precision)
                 ids = [id_ for id_, _ in records]
                 if checkpoint is not None:
                     checkpoint.save(k, vectors, {"rows": len(records), "input_sha256": digest, "ids": ids,
@@ -133,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     if checkpoint is None:
         write_jsonl(sys.stdout, embedded(), has_ids=reader.has_ids)
         sys.stdout.flush()
-        progress.summary("stdout", progress.texts, model.dim, model.max_length)
+        progress.summary("stdout", progress.texts, model.dim, model.max_length, args.precision)
         return 0
     try:
         for _ in embedded():
@@ -142,8 +152,8 @@ def run(args: argparse.Namespace) -> int:
         if checkpoint.done == 0:  # nothing worth resuming: leave no empty job directory behind
             checkpoint.remove()
         raise  # finished chunks stay: fix the input past them and the same command resumes
-    rows = write_output(checkpoint, output, fmt, model.dim)
-    progress.summary(str(output), rows, model.dim, model.max_length)
+    rows = write_output(checkpoint, output, fmt, model.dim, args.precision)
+    progress.summary(str(output), rows, model.dim, model.max_length, args.precision)
     return 0
 
 
@@ -153,10 +163,12 @@ def job_settings(args: argparse.Namespace, model: Embedder, prefix: str) -> dict
     return {"model_sha256": hashlib.sha256(files).hexdigest(), "variant": model.variant, "backend": model.backend, "prefix": prefix,
             "long_text": model.long_text, "chunk_size": args.chunk_size, "batch_size": model.batch_size,
             "max_batch_tokens": model.max_batch_tokens, "input_format": input_format(args.input, args.format),
-            "text_column": args.text_column, "id_column": args.id_column, "dim": model.dim}
+            "text_column": args.text_column, "id_column": args.id_column, "dim": model.dim,
+            # only when compact: a float32 checkpoint made before --precision existed still resumes
+            **({"precision": args.precision} if args.precision != "float32" else {})}
 
 
-def write_output(checkpoint: Checkpoint, output: Path, fmt: str, dim: int) -> int:
+def write_output(checkpoint: Checkpoint, output: Path, fmt: str, dim: int, precision: str = "float32") -> int:
     """Every chunk from the checkpoint into the output, via a temporary file renamed at the end:
     the output appears complete or not at all. Returns the number of rows."""
     rows, has_ids = 0, False
@@ -166,13 +178,13 @@ def write_output(checkpoint: Checkpoint, output: Path, fmt: str, dim: int) -> in
         has_ids = has_ids or any(i is not None for i in meta["ids"])
     tmp = output.with_name(output.name + ".tmp")
     if fmt == "parquet":
-        write_parquet(tmp, checkpoint.chunks(), has_ids, dim)
+        write_parquet(tmp, checkpoint.chunks(), has_ids, dim, precision)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
     else:
         with open(tmp, "wb" if fmt == "npy" else "w", encoding=None if fmt == "npy" else "utf-8") as f:
             if fmt == "npy":
-                write_npy(f, checkpoint.chunks(), rows, dim)
+                write_npy(f, checkpoint.chunks(), rows, width(precision, dim), precision)
             else:
                 write_jsonl(f, checkpoint.chunks(), has_ids)
             f.flush()

@@ -15,9 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from .compact import RANGED
+
 _ERROR_TYPE = {401: "authentication_error", 429: "rate_limit_error", 500: "server_error", 503: "server_error"}
 _SURROGATE = re.compile("[\ud800-\udfff]")  # valid in a JSON escape, impossible in UTF-8 text
 FORMATS = ("float", "base64")
+# `embedding_type` -> Embedder precision; float is OpenAI's own, the others compact.py's codes
+EMBEDDING_TYPES = {"float": "float32", "int8": "int8", "uint8": "uint8", "binary": "binary", "ubinary": "ubinary"}
 
 
 class ApiError(Exception):
@@ -52,6 +56,7 @@ def parse_json(body: bytes | str) -> object:
 class EmbeddingsRequest:
     texts: list[str]  # prefixes already added
     encoding_format: str  # "float" | "base64"
+    precision: str = "float32"  # from `embedding_type`: float32 | int8 | uint8 | binary | ubinary
 
 
 def _bad(param: str, message: str) -> ApiError:
@@ -73,12 +78,13 @@ def _optional(payload: dict, name: str, kind: type | tuple, label: str):
 
 def parse_embeddings_request(payload: object, *, dim: int, prefixes: dict[str, str], max_inputs: int,
                              max_chars: int | None = None,
-                             inputs_setting: str = "E5_ONNX_MAX_INPUTS") -> EmbeddingsRequest:
+                             inputs_setting: str = "E5_ONNX_MAX_INPUTS", has_ranges: bool = True) -> EmbeddingsRequest:
     """Check a decoded embeddings request against OpenAI's schema and this deployment's limits.
 
     `prefixes` maps each accepted `input_type` to the E5 prefix it adds; `dimensions`, if given,
     must equal `dim`; `max_chars=None` leaves the length of a text to the tokenizer's truncation.
-    `inputs_setting` is the setting an over-long `input` is told to raise."""
+    `inputs_setting` is the setting an over-long `input` is told to raise; `has_ranges=False` (an export
+    made before compact vectors) refuses `embedding_type` int8 / uint8."""
     if not isinstance(payload, dict):
         raise ApiError(400, f"the request must be a JSON object, not {_json_type(payload)}", code="invalid_json")
     if "input" not in payload:
@@ -114,13 +120,20 @@ def parse_embeddings_request(payload: object, *, dim: int, prefixes: dict[str, s
     fmt = "float" if fmt is None or fmt == "" else fmt
     if not isinstance(fmt, str) or fmt not in FORMATS:
         raise _bad("encoding_format", f"unknown encoding_format {fmt!r}: choose one of {FORMATS}")
+    kind = payload.get("embedding_type")
+    kind = "float" if kind is None or kind == "" else kind
+    if not isinstance(kind, str) or kind not in EMBEDDING_TYPES:
+        raise _bad("embedding_type", f"unknown embedding_type {kind!r}: choose one of {tuple(EMBEDDING_TYPES)}")
+    if EMBEDDING_TYPES[kind] in RANGED and not has_ranges:
+        raise _bad("embedding_type", f"embedding_type {kind!r} needs int8 ranges, which this model's export does not "
+                   "record (it predates compact vectors; re-export it): binary and ubinary work")
     input_type = payload.get("input_type")
     if input_type is not None:
         if not isinstance(input_type, str) or input_type not in prefixes:
             raise _bad("input_type", f"unknown input_type {input_type!r}: choose one of {tuple(prefixes)} "
                        "or omit 'input_type'")
         texts = [prefixes[input_type] + t for t in texts]
-    return EmbeddingsRequest(texts=texts, encoding_format=fmt)
+    return EmbeddingsRequest(texts=texts, encoding_format=fmt, precision=EMBEDDING_TYPES[kind])
 
 
 def render_embeddings(vectors: np.ndarray, fmt: str, model: str, tokens: int, truncated: int | None = None) -> bytes:
@@ -129,13 +142,16 @@ def render_embeddings(vectors: np.ndarray, fmt: str, model: str, tokens: int, tr
     Floats are written with 9 significant digits, which give back every float32 exactly and cost
     a quarter of json.dumps's 17-digit repr (63 vs 231 us per 384-dim row): at one query per
     request that was most of the server's time. base64 is the little-endian float32 bytes, as
-    OpenAI sends them."""
+    OpenAI sends them. Compact codes (int8 / uint8 arrays, compact.quantize) are written as integers,
+    or in base64 as their raw bytes (one per dimension, or the packed bits)."""
     if not np.isfinite(vectors).all():
         raise ValueError("the model produced non-finite values")
+    compact = vectors.dtype != np.float32
     if fmt == "base64":
-        rows = ['"' + base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") + '"' for v in vectors]
+        raw = (lambda v: v.tobytes()) if compact else (lambda v: v.astype("<f4").tobytes())
+        rows = ['"' + base64.b64encode(raw(v)).decode("ascii") + '"' for v in vectors]
     else:
-        row = "[" + ",".join(["%.9g"] * vectors.shape[1]) + "]"
+        row = "[" + ",".join(["%d" if compact else "%.9g"] * vectors.shape[1]) + "]"
         rows = [row % tuple(v) for v in vectors.tolist()]
     data = ",".join(f'{{"object":"embedding","index":{i},"embedding":{r}}}' for i, r in enumerate(rows))
     usage: dict[str, int] = {"prompt_tokens": tokens, "total_tokens": tokens}

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__, unigram
+from .compact import ranges_file
 from .manifest import MANIFEST, ModelDirError, data_file, load_manifest, verified_path
 from .registry import ENTRY_POINT_GROUP
 
@@ -43,6 +44,7 @@ def packed_files(export_dir: Path, manifest: dict, variants: Sequence[str]) -> l
     for variant in variants:
         graph = manifest["variants"][variant]
         names += [graph] + ([data_file(graph)] if data_file(graph) in manifest["files"] else [])
+        names += [r] if (r := ranges_file(manifest, variant)) else []  # int8 ranges of compact vectors
     for name in manifest["files"]:  # the whole export is re-checked, not only what is packed
         verified_path(export_dir, manifest, name)
     return names
@@ -52,6 +54,9 @@ def trimmed_manifest(manifest: dict, variants: Sequence[str], files: Sequence[st
     out = dict(manifest)
     out["variants"] = {v: manifest["variants"][v] for v in variants}
     out["files"] = {name: manifest["files"][name] for name in files}
+    if isinstance(out.get("compact"), dict):
+        ranges = {v: f for v, f in out["compact"].get("ranges", {}).items() if v in variants}
+        out["compact"] = {**out["compact"], "ranges": ranges}
     out["package"] = {"distribution": distribution}
     out.pop("reference", None)  # reference.npz (torch embeddings of the probes) stays with the export
     return out

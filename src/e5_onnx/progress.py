@@ -57,12 +57,12 @@ class Progress:
         self.stream.write(("\r\x1b[K" if self.tty else "") + line + end)
         self.stream.flush()
 
-    def summary(self, output: str, rows: int, dim: int, max_length: int) -> str:
+    def summary(self, output: str, rows: int, dim: int, max_length: int, precision: str = "float32") -> str:
         elapsed = time.monotonic() - self.start
         resumed = f" ({self.resumed:,} from the checkpoint)" if self.resumed else ""
         over = self.resumed_over + self.over
         limit = f"{over:,} {self.word} at {max_length} tokens" if over else f"none over {max_length} tokens"
-        line = (f"embedded {rows:,} texts{resumed} -> {output} ({rows} x {dim} float32) in {clock(elapsed)}: "
+        line = (f"embedded {rows:,} texts{resumed} -> {output} ({rows} x {dim} {precision}) in {clock(elapsed)}: "
                 f"{self.texts / max(elapsed, 1e-9):,.1f} texts/s, {self.tokens / max(elapsed, 1e-9):,.0f} tokens/s; {limit}")
         if self.enabled and self.tty:
             self.stream.write("\r\x1b[K")

@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 from .backends import BACKENDS, resolve
 from .batcher import Batcher, QueueFull
+from .compact import quantize, ranges_file
 from .embedder import VARIANTS, Embedder, resolve_model_dir
 from .manifest import load_manifest
 from .session import available_cores
@@ -80,6 +81,7 @@ class Service:
         self.created = int(os.path.getmtime(self.model_dir / "manifest.json"))
         self.embedder: Embedder | None = None
         self.batcher: Batcher | None = None
+        self.ranges = None  # the export's int8 ranges, if it records them (embedding_type int8 / uint8)
         self.error: BaseException | None = None
         self.server = None  # the uvicorn.Server, to tell /health we are draining, or to stop on a load error
         self.metrics = _metrics(self)
@@ -97,6 +99,8 @@ class Service:
                 threads *= workers
             embedder = Embedder(self.model_dir, s.variant, backend=s.backend, threads=threads, batch_size=s.batch_size,
                                 max_batch_tokens=s.max_batch_tokens, spinning=s.spinning)
+            if ranges_file(embedder.manifest, s.variant) is not None:
+                self.ranges = embedder.compact_ranges()
             self.embedder = embedder
             self.batcher = Batcher(embedder, max_queue_texts=s.max_queue_texts, max_queue_tokens=s.max_queue_tokens,
                                    batching=s.batching, workers=workers, on_batch=self._on_batch)
@@ -149,7 +153,8 @@ async def embeddings(request: Request) -> Response:
         return Response(status_code=499)  # the client left while sending; nobody reads this
     embedder = service.embedder
     req = parse_embeddings_request(parse_json(body), dim=embedder.dim, max_inputs=s.max_inputs, max_chars=s.max_chars,
-                                   prefixes={"query": embedder.query_prefix, "passage": embedder.passage_prefix})
+                                   prefixes={"query": embedder.query_prefix, "passage": embedder.passage_prefix},
+                                   has_ranges=service.ranges is not None)
     large = len(req.texts) > INLINE_TEXTS or sum(map(len, req.texts)) > INLINE_CHARS
     encode = embedder.tokenizer.encode
     encodings = await asyncio.to_thread(encode, req.texts) if large else encode(req.texts)
@@ -169,6 +174,8 @@ async def embeddings(request: Request) -> Response:
     m.inc("texts_total", len(encodings))
     m.inc("tokens_total", tokens)
     m.inc("truncated_texts_total", truncated)
+    if req.precision != "float32":  # a row's code depends on its own vector only: batching cannot change it
+        vectors = quantize(vectors, req.precision, service.ranges)
     args = (vectors, req.encoding_format, service.name, tokens, truncated)
     content = await asyncio.to_thread(render_embeddings, *args) if large else render_embeddings(*args)
     return Response(content, media_type="application/json", headers={"X-Truncated-Texts": str(truncated)})
