@@ -88,3 +88,9 @@ def me5_export(me5_rebuild, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("onnx") / "me5"
     export_model(source_dir, out, source=source, name="multilingual-e5-small", max_length_cap=512, log=lambda *_: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def wheels(tmp_path_factory) -> Path:
+    """Downloaded wheels, shared by every Lambda bundle built in this session (test_lambda*.py)."""
+    return tmp_path_factory.mktemp("wheels")
