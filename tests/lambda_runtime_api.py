@@ -19,6 +19,13 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+
+class QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):  # a killed runtime resets its pending `next`
+        pass
+
 PREFIX = "/2018-06-01/runtime"
 ARN = "arn:aws:lambda:us-east-1:123456789012:function:e5-test"
 
@@ -52,8 +59,7 @@ class RuntimeApi:
         self.first_next: float | None = None
         self.init_error_event = threading.Event()
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self.server.daemon_threads = True
+        self.server = QuietServer(("127.0.0.1", 0), self._handler_class())
         self.address = "127.0.0.1:%d" % self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -65,15 +71,18 @@ class RuntimeApi:
         self.server.shutdown()
         self.server.server_close()
 
-    def invoke(self, event, timeout: float = 300) -> Invocation:
-        """Queue `event` (a JSON value, or raw bytes) and wait for the runtime's answer."""
+    def invoke(self, event, timeout: float = 300, alive=lambda: True) -> Invocation:
+        """Queue `event` (a JSON value, or raw bytes) and wait for the runtime's answer; TimeoutError
+        if none comes in `timeout` s or `alive()` turns false (the runtime exited)."""
         body = event if isinstance(event, bytes) else json.dumps(event).encode()
         inv = Invocation(str(uuid.uuid4()), body)
         with self.lock:
             self.invocations[inv.request_id] = inv
         self.pending.put(inv)
-        if not inv.done.wait(timeout):
-            raise TimeoutError(f"no answer to invocation {inv.request_id} in {timeout} s")
+        deadline = time.monotonic() + timeout
+        while not inv.done.wait(0.5):
+            if not alive() or time.monotonic() > deadline:
+                raise TimeoutError(f"no answer to invocation {inv.request_id}")
         return inv
 
     def _handler_class(self):

@@ -97,7 +97,7 @@ mount --bind "$runtime" "$r/var/runtime"; mount -o remount,bind,ro "$r/var/runti
 mount -t tmpfs -o size=512m,mode=1777 tmpfs "$r/tmp"
 mount --rbind /dev "$r/dev"; mount --rbind /proc "$r/proc"
 mount --rbind /sys "$r/sys"; mount -o remount,bind,ro "$r/sys"
-exec chroot --userspec=65534:65534 --groups=65534 "$r" "$@"
+exec "$CHROOT" --userspec=65534:65534 --groups=65534 "$r" "$@"
 """
 
 
@@ -122,7 +122,7 @@ def sandboxed(root: Path, task: Path, runtime: Path, arch: str, argv: list[str],
     python = [*emulate, PYTHON]
     command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", SANDBOX, "sandbox",
                str(scratch), str(root), str(task), str(runtime), *python, "-c", CD_TASK, *python, *argv]
-    return command, env, scratch
+    return command, {**env, "CHROOT": shutil.which("chroot") or "/usr/sbin/chroot"}, scratch
 
 
 class LambdaProcess:
@@ -151,7 +151,7 @@ def run_events(root, task, runtime, arch, events, timeout) -> dict:
     with RuntimeApi() as api:
         process = LambdaProcess(root, task, runtime, arch, api)
         try:
-            invocations = [api.invoke(e, timeout) for e in events]
+            invocations = [api.invoke(e, timeout, alive=lambda: process.proc.poll() is None) for e in events]
         except TimeoutError:
             raise AssertionError(f"the runtime did not answer; its output:\n{process.output()[-3000:]}") from None
         finally:
@@ -224,7 +224,8 @@ def test_runtime_client_answers_every_event_like_the_embedder(x86, minilm_export
         body = decode(answer)
         assert words in body["error"]["message"] and body["error"]["type"] == "invalid_request_error", (event, body)
     unmarshal = invocations[-1]
-    assert unmarshal.kind == "error" and unmarshal.error_type == "Runtime.UnmarshalError", unmarshal
+    assert unmarshal.kind == "error", unmarshal
+    assert unmarshal.json()["errorType"] == "Runtime.UnmarshalError"
     assert "Unable to unmarshal input" in unmarshal.json()["errorMessage"]
     assert run["init_s"] < LAMBDA_INIT_LIMIT_S
     report(capsys, "python3.13 x86_64 under awslambdaric", run)
@@ -274,9 +275,9 @@ def test_model_that_fails_to_load_posts_init_error(x86, amd64_root, tmp_path):
             finally:
                 process.stop()
             assert api.first_next is None  # it never asked for an event
-            (error_type, body), = api.init_errors
-            assert error_type.startswith("Runtime.") and words in body["errorMessage"], (error_type, body)
-            assert body["errorType"] and "Traceback" not in body["errorMessage"], body
+            (_, body), = api.init_errors
+            assert words in body["errorMessage"] and "Traceback" not in body["errorMessage"], body
+            assert body["errorType"] in ("ModelDirError", "HashMismatchError"), body
 
 
 def test_arm64_bundle_under_qemu_matches_x86_64(x86, arm64_root, minilm_export, wheels, tmp_path, capsys):
