@@ -3,67 +3,30 @@
 Python 3.13 comes from Debian trixie root filesystems that `.ci/rootfs.sh` builds with debootstrap
 (cached; arm64's second stage ran under qemu-aarch64-static). `e5-onnx bundle lambda --python 3.13
 --python-exe ROOT/../bin/python3.13` compiles the bundle's bytecode with that interpreter. The
-bundle then runs as Lambda runs it: `python3.13 -m awslambdaric e5_onnx.aws_lambda.handler` in
-/var/task (awslambdaric 4.2.2, the cp313 manylinux wheel, in /var/runtime on PYTHONPATH),
-chrooted into the read-only root with the bundle and runtime bind-mounted read-only, a tmpfs
-/tmp, user nobody, Lambda's environment variables, polling a Runtime API stub on 127.0.0.1
-(tests/lambda_runtime_api.py). arm64: the same, every arm64 instruction emulated by
-qemu-aarch64-static (run explicitly inside the root, no binfmt needed).
+bundle then runs as Lambda runs it (benchmarks/lambda_sandbox.py): `python3.13 -m awslambdaric
+e5_onnx.aws_lambda.handler` in a read-only chroot, user nobody, Lambda's environment variables,
+polling a Runtime API stub on 127.0.0.1 (benchmarks/lambda_runtime_api.py); arm64 under qemu-user.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import statistics
-import struct
 import subprocess
-import sys
-import tempfile
-import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from benchmarks.lambda_runtime_api import RuntimeApi
+from benchmarks.lambda_sandbox import (LAMBDA_INIT_LIMIT_S, LambdaProcess, debian_root, extract, host_python313,
+                                       lambda_env, run_events, runtime_client, sandboxed)
 from e5_onnx import Embedder
-from e5_onnx.bundle import pip_platform_args
 from e5_onnx.cli import main as cli
 
-from .conftest import ROOT
-from .lambda_runtime_api import RuntimeApi
 from .test_lambda import BAD, GOOD, MAX_TEXTS, decode, vectors
 
-AWSLAMBDARIC = "awslambdaric==4.2.2"
-HANDLER = "e5_onnx.aws_lambda.handler"
-PYTHON = "/usr/bin/python3.13"
-QEMU = "/usr/bin/qemu-aarch64-static"  # copied into the arm64 root by .ci/rootfs.sh
-LAMBDA_INIT_LIMIT_S = 10.0
-# runs first in the root: cd /var/task as Lambda does, then exec the real command (`python -m` puts cwd on sys.path)
-CD_TASK = "import os, sys; os.chdir('/var/task'); os.execv(sys.argv[1], sys.argv[1:])"
-
-
-def debian_root(arch: str) -> Path:
-    done = subprocess.run([str(ROOT / ".ci" / "rootfs.sh"), arch], capture_output=True, text=True, timeout=3600)
-    assert done.returncode == 0, f".ci/rootfs.sh {arch} failed: {done.stderr[-3000:]}"
-    root = Path(done.stdout.split()[-1])
-    assert (root / "usr/bin/python3.13").is_file(), root
-    return root
-
-
-def host_python313(root: Path) -> str:
-    """The wrapper .ci/rootfs.sh writes beside an amd64 root: its python3.13, runnable from here."""
-    return str(root.parent / "bin" / "python3.13")
-
-
-def extract(zip_path: Path, dest: Path) -> Path:
-    with zipfile.ZipFile(zip_path) as z:
-        z.extractall(dest)
-        for info in z.infolist():
-            os.chmod(dest / info.filename, (info.external_attr >> 16) & 0o777)
-    subprocess.run(["chmod", "-R", "a-w", str(dest)], check=True)
-    return dest
+LIMITS = {"E5_ONNX_MAX_TEXTS": str(MAX_TEXTS)}  # as in test_lambda.py's sandbox, for the BAD events
 
 
 def build(model: Path, out: Path, arch: str, python_exe: str, wheels: Path) -> Path:
@@ -71,94 +34,6 @@ def build(model: Path, out: Path, arch: str, python_exe: str, wheels: Path) -> P
     assert cli(["bundle", "lambda", "--model", str(model), "--out", str(out), "--arch", arch, "--python", "3.13",
                 "--python-exe", python_exe, "--wheels", str(wheels)]) == 0
     return extract(out, out.with_suffix(""))
-
-
-def runtime_client(arch: str, dest: Path, python_exe: str, wheels: Path) -> Path:
-    """awslambdaric for Lambda's python3.13 on `arch`, compiled by python3.13 (as in AWS's base images)."""
-    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--target",
-                           str(dest), "--no-compile", *pip_platform_args(arch, "3.13"), "--find-links", str(wheels),
-                           AWSLAMBDARIC], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    shutil.rmtree(dest / "bin", ignore_errors=True)
-    subprocess.run([python_exe, "-m", "compileall", "-q", "--invalidation-mode", "unchecked-hash", str(dest)], check=True)
-    return dest
-
-
-# --- the sandbox: chroot into the read-only root, bundle at /var/task, runtime at /var/runtime ----
-
-SANDBOX = r"""
-set -eu
-scratch=$1; rootfs=$2; task=$3; runtime=$4; shift 4
-mount -t tmpfs -o size=16m,mode=755 tmpfs "$scratch"
-r=$scratch/root; mkdir "$r"
-mount --bind "$rootfs" "$r"; mount -o remount,bind,ro "$r"
-mount --bind "$task" "$r/var/task"; mount -o remount,bind,ro "$r/var/task"
-mount --bind "$runtime" "$r/var/runtime"; mount -o remount,bind,ro "$r/var/runtime"
-mount -t tmpfs -o size=512m,mode=1777 tmpfs "$r/tmp"
-mount --rbind /dev "$r/dev"; mount --rbind /proc "$r/proc"
-mount --rbind /sys "$r/sys"; mount -o remount,bind,ro "$r/sys"
-exec "$CHROOT" --userspec=65534:65534 --groups=65534 "$r" "$@"
-"""
-
-
-def lambda_env(api: RuntimeApi, **extra: str) -> dict:
-    """What Lambda sets for a python3.13 function (reserved variables and the runtime's defaults)."""
-    return {
-        "AWS_LAMBDA_RUNTIME_API": api.address, "_HANDLER": HANDLER, "LAMBDA_TASK_ROOT": "/var/task",
-        "LAMBDA_RUNTIME_DIR": "/var/runtime", "AWS_EXECUTION_ENV": "AWS_Lambda_python3.13",
-        "AWS_LAMBDA_FUNCTION_NAME": "e5-test", "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
-        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1769", "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
-        "AWS_LAMBDA_LOG_GROUP_NAME": "/aws/lambda/e5-test", "AWS_LAMBDA_LOG_STREAM_NAME": "2026/12/07/[$LATEST]0",
-        "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1", "PYTHONPATH": "/var/runtime",
-        "PATH": "/usr/local/bin:/usr/bin/:/bin", "LANG": "en_US.UTF-8", "TZ": ":UTC",
-        "LD_LIBRARY_PATH": "/lib64:/usr/lib64:/var/runtime:/var/runtime/lib:/var/task:/var/task/lib",
-        "E5_ONNX_MAX_TEXTS": str(MAX_TEXTS), **extra}
-
-
-def sandboxed(root: Path, task: Path, runtime: Path, arch: str, argv: list[str], env: dict) -> tuple[list, dict, Path]:
-    """(command, env, scratch dir) running `python3.13 ARGV` in /var/task of the sandbox."""
-    scratch = Path(tempfile.mkdtemp(prefix="e5-lambda-rt-"))
-    emulate = [QEMU] if arch == "arm64" else []
-    python = [*emulate, PYTHON]
-    command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", SANDBOX, "sandbox",
-               str(scratch), str(root), str(task), str(runtime), *python, "-c", CD_TASK, *python, *argv]
-    return command, {**env, "CHROOT": shutil.which("chroot") or "/usr/sbin/chroot"}, scratch
-
-
-class LambdaProcess:
-    """`python3.13 -m awslambdaric e5_onnx.aws_lambda.handler` in the sandbox, polling `api`."""
-
-    def __init__(self, root, task, runtime, arch, api, **env):
-        command, env, self.scratch = sandboxed(root, task, runtime, arch, ["-m", "awslambdaric", HANDLER],
-                                               lambda_env(api, **env))
-        self.log = tempfile.TemporaryFile()
-        self.started = time.perf_counter()
-        self.proc = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(30)
-        self.scratch.rmdir()
-
-
-def run_events(root, task, runtime, arch, events, timeout) -> dict:
-    """Every event through the Runtime API, in order; the recorded invocations and timings."""
-    with RuntimeApi() as api:
-        process = LambdaProcess(root, task, runtime, arch, api)
-        try:
-            invocations = [api.invoke(e, timeout, alive=lambda: process.proc.poll() is None) for e in events]
-        except TimeoutError:
-            raise AssertionError(f"the runtime did not answer; its output:\n{process.output()[-3000:]}") from None
-        finally:
-            process.stop()
-        assert api.init_errors == [], api.init_errors
-        return {"invocations": invocations, "init_s": api.first_next - process.started, "log": process.output(),
-                "per_invocation_s": [i.seconds for i in invocations]}
 
 
 def report(capsys, what: str, run: dict) -> None:
@@ -192,7 +67,7 @@ def x86(minilm_export, wheels, amd64_root, tmp_path_factory) -> dict:
     task = build(minilm_export, work / "function.zip", "x86_64", python, wheels)
     runtime = runtime_client("x86_64", work / "runtime", python, wheels)
     events = [e for e, _, _ in GOOD] + [e for e, _, _ in BAD] + [b"{not json"]
-    run = run_events(amd64_root, task, runtime, "x86_64", events, timeout=120)
+    run = run_events(amd64_root, task, runtime, "x86_64", events, timeout=120, **LIMITS)
     return {"task": task, "runtime": runtime, "run": run, "python": python}
 
 
@@ -240,7 +115,7 @@ def test_bundle_bytecode_is_used_on_the_read_only_tree(x86, amd64_root):
     with RuntimeApi() as api:
         command, env, scratch = sandboxed(amd64_root, x86["task"], x86["runtime"], "x86_64",
                                           ["-v", "-c", "import e5_onnx.aws_lambda, awslambdaric.bootstrap"],
-                                          lambda_env(api))
+                                          lambda_env(api, **LIMITS))
         try:
             done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
         finally:
@@ -268,7 +143,7 @@ def test_model_that_fails_to_load_posts_init_error(x86, amd64_root, tmp_path):
              (broken, {}, "model_int8.onnx")]
     for task, env, words in cases:
         with RuntimeApi() as api:
-            process = LambdaProcess(amd64_root, task, x86["runtime"], "x86_64", api, **env)
+            process = LambdaProcess(amd64_root, task, x86["runtime"], "x86_64", api, **LIMITS, **env)
             try:
                 assert api.init_error_event.wait(120), process.output()[-3000:]
                 assert process.proc.wait(60) != 0
@@ -290,7 +165,7 @@ def test_arm64_bundle_under_qemu_matches_x86_64(x86, arm64_root, minilm_export, 
     assert elves and all(p.read_bytes()[18] == 183 for p in elves)  # e_machine EM_AARCH64
     runtime = runtime_client("arm64", tmp_path / "runtime", x86["python"], wheels)
     events = [GOOD[i][0] for i in picks] + [BAD[i][0] for i in bad]
-    run = run_events(arm64_root, task, runtime, "arm64", events, timeout=600)
+    run = run_events(arm64_root, task, runtime, "arm64", events, timeout=600, **LIMITS)
     arm, x = run["invocations"], x86["run"]["invocations"]
     worst = 1.0
     for k, i in enumerate(picks):
