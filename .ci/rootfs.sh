@@ -6,12 +6,12 @@
 # Cached under ~/.cache/e5-onnx-ci/ (E5_ONNX_CI_CACHE), keyed by what it installs (suite, packages,
 # mirror, build steps' version). Built into a temporary directory and renamed only when complete, under a lock,
 # so a half-built root is never used. arm64: debootstrap's first stage natively, its second stage
-# (dpkg configuring every package, python byte-compiling its stdlib) in a chroot under
-# qemu-aarch64-static through binfmt_misc, registered for the build and removed after if this
-# script added it. The amd64 root also gets bin/python3.13 beside it: a wrapper that runs the root's
+# (dpkg configuring every package, python byte-compiling its stdlib) in a chroot under trixie's
+# static qemu-aarch64 through binfmt_misc, registered for the build and removed after if this
+# script added it; that qemu is copied into the root for the tests to run explicitly. The amd64 root also gets bin/python3.13 beside it: a wrapper that runs the root's
 # interpreter on this machine's paths (through the root's own dynamic loader and libraries), which
 # `e5-onnx bundle lambda --python-exe` compiles bytecode with (.pyc do not depend on the CPU).
-# Needs root (debootstrap, chroot) and apt-get for debootstrap and qemu-user-static.
+# Needs root (debootstrap, chroot, binfmt_misc) and apt-get.
 set -euo pipefail
 
 SUITE=trixie
@@ -19,23 +19,36 @@ MIRROR=${E5_ONNX_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # libstdc++6: onnxruntime's and awslambdaric's extensions link it (in Amazon Linux 2023 too)
 PACKAGES=python3.13,libstdc++6
 CACHE=${E5_ONNX_CI_CACHE:-$HOME/.cache/e5-onnx-ci}
-STEPS=1  # bump when the build steps change
+STEPS=2  # bump when the build steps change
 KEY=$(echo "$SUITE $PACKAGES $MIRROR $STEPS" | sha256sum | cut -c1-12)
 
 log() { echo "rootfs.sh: $*" >&2; }
 
 need_tools() {
-  local missing=()
-  command -v debootstrap >/dev/null || missing+=(debootstrap)
-  [ -x /usr/bin/qemu-aarch64-static ] || missing+=(qemu-user-static)
-  if [ ${#missing[@]} -gt 0 ]; then
-    log "installing ${missing[*]}"
+  if ! command -v debootstrap >/dev/null; then
+    log "installing debootstrap"
     apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >/dev/null
   fi
 }
 
-# Register qemu-aarch64-static for aarch64 ELF files unless some handler already is; echo its name if added.
+# trixie's qemu-user (10.x, static binaries) into DIR/qemu, with apt's own client and a private state
+# directory (the machine's apt sources are not touched). Not this machine's qemu-user-static: before
+# 8.x qemu showed aarch64 programs the host's x86 /proc/cpuinfo, and onnxruntime's CPU detection
+# segfaults on it at import (measured with bookworm's 7.2).
+fetch_qemu() {
+  local d=$1/apt
+  mkdir -p "$d/state/lists/partial" "$d/cache/archives/partial"
+  echo "deb $MIRROR $SUITE main" > "$d/sources.list"
+  local o=(-o "Dir::Etc::SourceList=$d/sources.list" -o Dir::Etc::SourceParts=/dev/null -o "Dir::State=$d/state"
+           -o Dir::State::status=/dev/null -o "Dir::Cache=$d/cache" -o APT::Sandbox::User=root)
+  apt-get -q "${o[@]}" update >/dev/null
+  (cd "$d" && apt-get -q "${o[@]}" download qemu-user >/dev/null)
+  dpkg-deb -x "$d"/qemu-user_*.deb "$1/qemu"
+  rm -rf "$d"
+}
+
+# Register qemu-aarch64 ($1) for aarch64 ELF files unless some handler already is; echo its name if added.
 binfmt_on() {
   local dir=/proc/sys/fs/binfmt_misc
   [ -e "$dir/register" ] || mount -t binfmt_misc binfmt_misc "$dir"
@@ -43,8 +56,8 @@ binfmt_on() {
     return 0
   fi
   local name="e5-onnx-ci-$$"
-  printf ':%s:M::\\x7f\\x45\\x4c\\x46\\x02\\x01\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x02\\x00\\xb7\\x00:\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\x00\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xfe\\xff\\xff\\xff:/usr/bin/qemu-aarch64-static:F\n' \
-    "$name" > "$dir/register"
+  printf ':%s:M::\\x7f\\x45\\x4c\\x46\\x02\\x01\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x02\\x00\\xb7\\x00:\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\x00\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xfe\\xff\\xff\\xff:%s:F\n' \
+    "$name" "$1" > "$dir/register"
   echo "$name"
 }
 
@@ -73,10 +86,12 @@ build() {  # build() ARCH DEST: a complete root at DEST/root, or nothing
   else
     debootstrap --arch=arm64 --foreign --variant=minbase --include="$PACKAGES" "$SUITE" "$tmp/root" "$MIRROR" \
       > "$tmp/debootstrap.log" 2>&1 || { fail "$tmp"; return 1; }
-    log "arm64 first stage done in $((SECONDS - t0)) s; second stage under qemu-aarch64-static ..."
+    fetch_qemu "$tmp" || { fail "$tmp"; return 1; }
+    log "arm64 first stage done in $((SECONDS - t0)) s; second stage under qemu-aarch64 ..."
     local added
-    added=$(binfmt_on)
-    cp /usr/bin/qemu-aarch64-static "$tmp/root/usr/bin/"  # the tests run it explicitly, without binfmt
+    added=$(binfmt_on "$tmp/qemu/usr/bin/qemu-aarch64")
+    cp "$tmp/qemu/usr/bin/qemu-aarch64" "$tmp/root/usr/bin/qemu-aarch64-static"  # the tests run it explicitly
+    rm -rf "$tmp/qemu"  # a registered F-flag interpreter stays open
     local rc=0
     chroot "$tmp/root" /debootstrap/debootstrap --second-stage >> "$tmp/debootstrap.log" 2>&1 || rc=$?
     [ -z "$added" ] || echo -1 > "/proc/sys/fs/binfmt_misc/$added"

@@ -1,6 +1,6 @@
 """Cold start and peak RSS of the Lambda bundle vs the same model from a plain venv; bundle sizes.
 
-`python -m benchmarks.lambda_cold_start [--rounds 5] [--models e5-small-arch,me5]`
+`python -m benchmarks.lambda_cold_start [--rounds 5] [--models e5-small-arch,me5] [--out PATH]`
 
 For each model (benchmarks/assets.py: the full-size e5-small architecture, the multilingual
 rebuild) it builds a function zip for this machine (`e5-onnx bundle lambda`), unpacks it, and
@@ -18,7 +18,7 @@ builds, `--python-exe`) under the runtime interface client, as Lambda runs it (l
 read-only chroot, user nobody, a Runtime API on 127.0.0.1), with and without its .pyc: init (process start to
 the runtime's first `next`: imports + model load) and the first event, against Lambda's 10 s init limit.
 Needs root.
-Writes benchmarks/results/lambda_cold_start.json and .md.
+Writes benchmarks/results/lambda_cold_start.json and .md (or --out PATH.json / .md).
 """
 from __future__ import annotations
 
@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--models", default="e5-small-arch,me5")
+    parser.add_argument("--out", default=str(RESULTS / "lambda_cold_start"), help="results path without .json/.md")
     args = parser.parse_args(argv)
     work = work_dir() / "lambda"
     wheels = work / "wheels"
@@ -221,9 +222,10 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "models": {m: measure(m, args.rounds, wheels, work) for m in args.models.split(",")},
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "lambda_cold_start.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "lambda_cold_start.md").write_text(markdown(result))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))
     return 0
 
