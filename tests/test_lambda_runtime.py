@@ -67,7 +67,7 @@ def x86(minilm_export, wheels, amd64_root, tmp_path_factory) -> dict:
     task = build(minilm_export, work / "function.zip", "x86_64", python, wheels)
     runtime = runtime_client("x86_64", work / "runtime", python, wheels)
     events = [e for e, _, _ in GOOD] + [e for e, _, _ in BAD] + [b"{not json"]
-    run = run_events(amd64_root, task, runtime, "x86_64", events, timeout=120, **LIMITS)
+    run = run_events(amd64_root, task, runtime, "x86_64", events, timeout=600, **LIMITS)
     return {"task": task, "runtime": runtime, "run": run, "python": python}
 
 
@@ -145,8 +145,8 @@ def test_model_that_fails_to_load_posts_init_error(x86, amd64_root, tmp_path):
         with RuntimeApi() as api:
             process = LambdaProcess(amd64_root, task, x86["runtime"], "x86_64", api, **LIMITS, **env)
             try:
-                assert api.init_error_event.wait(120), process.output()[-3000:]
-                assert process.proc.wait(60) != 0
+                assert api.init_error_event.wait(600), process.output()[-3000:]
+                assert process.proc.wait(300) != 0
             finally:
                 process.stop()
             assert api.first_next is None  # it never asked for an event
@@ -157,7 +157,8 @@ def test_model_that_fails_to_load_posts_init_error(x86, amd64_root, tmp_path):
 
 def test_arm64_bundle_under_qemu_matches_x86_64(x86, arm64_root, minilm_export, wheels, tmp_path, capsys):
     """The arm64 python3.13 bundle under qemu-user answers the same events; its INT8 vectors equal
-    the x86_64 bundle's to cos >= 0.999 (different CPU kernels: see benchmarks/README.md)."""
+    the x86_64 bundle's to cos >= 0.999 (measured: 0.99999994, max |diff| 6e-8: the integer matmuls
+    are exact on both CPUs, the float parts differ in rounding; benchmarks/README.md)."""
     picks = [0, 4, 6, 8]  # direct, HTTP API v2, Function URL (base64 out), REST v1
     bad = [0, 14, 24]  # direct: missing input; HTTP: not JSON; 405
     task = build(minilm_export, tmp_path / "function.zip", "arm64", x86["python"], wheels)
@@ -165,7 +166,7 @@ def test_arm64_bundle_under_qemu_matches_x86_64(x86, arm64_root, minilm_export, 
     assert elves and all(p.read_bytes()[18] == 183 for p in elves)  # e_machine EM_AARCH64
     runtime = runtime_client("arm64", tmp_path / "runtime", x86["python"], wheels)
     events = [GOOD[i][0] for i in picks] + [BAD[i][0] for i in bad]
-    run = run_events(arm64_root, task, runtime, "arm64", events, timeout=600, **LIMITS)
+    run = run_events(arm64_root, task, runtime, "arm64", events, timeout=1500, **LIMITS)
     arm, x = run["invocations"], x86["run"]["invocations"]
     worst = 1.0
     for k, i in enumerate(picks):
