@@ -1,6 +1,6 @@
 """Cold start and peak RSS of the Lambda bundle vs the same model from a plain venv; bundle sizes.
 
-`python -m benchmarks.lambda_cold_start [--rounds 5] [--models e5-small-arch,me5]`
+`python -m benchmarks.lambda_cold_start [--rounds 5] [--models e5-small-arch,me5] [--out PATH]`
 
 For each model (benchmarks/assets.py: the full-size e5-small architecture, the multilingual
 rebuild) it builds a function zip for this machine (`e5-onnx bundle lambda`), unpacks it, and
@@ -12,7 +12,13 @@ times fresh processes that import the handler (which loads the model) and answer
   plus e5_onnx, the model from the export directory.
 Variants alternate within each round, in an order rotated every round; medians are reported. It also builds the python3.12
 x86_64 and arm64 zips (what a deployment uses; no .pyc, there is no 3.12 here) for their sizes.
-Writes benchmarks/results/lambda_cold_start.json and .md.
+
+Then the python3.13 x86_64 bundle (bytecode compiled by the Debian trixie python3.13 that .ci/rootfs.sh
+builds, `--python-exe`) under the runtime interface client, as Lambda runs it (lambda_sandbox.py: awslambdaric,
+read-only chroot, user nobody, a Runtime API on 127.0.0.1), with and without its .pyc: init (process start to
+the runtime's first `next`: imports + model load) and the first event, against Lambda's 10 s init limit.
+Needs root.
+Writes benchmarks/results/lambda_cold_start.json and .md (or --out PATH.json / .md).
 """
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ from e5_onnx.prune import tree_bytes
 
 from .assets import export_dir, work_dir
 from .data import ROOT
+from .lambda_sandbox import LAMBDA_INIT_LIMIT_S, debian_root, extract, host_python313, run_events, runtime_client
 
 RESULTS = ROOT / "benchmarks" / "results"
 HOST_ARCH = {"x86_64": "x86_64", "aarch64": "arm64"}[platform.machine()]
@@ -123,12 +130,14 @@ def measure(model: str, rounds: int, wheels: Path, work: Path) -> dict:
               file=sys.stderr)
     ratios = {name: round(statistics.median(r["wall_s"] / v["wall_s"] for r, v in zip(rs, runs["plain venv"])), 3)
               for name, rs in runs.items()}
+    under_client = runtime_client_init(export, rounds, wheels, work / f"{model}-py313")
     venv_site = next((work / "plain-venv" / "lib").glob("python*/site-packages"))
     return {
         "export": str(export),
         "cold_start": {name: {k: round(statistics.median(r[k] for r in rs), 4) for k in rs[0]} | {"rounds": rs}
                        for name, rs in runs.items()},
-        "wall_vs_plain_venv": ratios,  # median over rounds of (variant / plain venv in the same round)
+        "wall_vs_plain_venv": ratios,
+        "python3.13_under_awslambdaric": under_client,  # median over rounds of (variant / plain venv in the same round)
         "sizes_mb": {name: {"unzipped": round(b.total_unzipped / MB, 1), "zipped": round(sum(b.zipped.values()) / MB, 1),
                             "compiled": b.compiled} for name, b in sizes.items()}
         | {"python3.12 x86_64 --layer": {part: {"unzipped": round(layered.unzipped[part] / MB, 1),
@@ -139,6 +148,32 @@ def measure(model: str, rounds: int, wheels: Path, work: Path) -> dict:
         "installed_mb": round(host.installed_bytes / MB, 1),
         "versions": host.versions,
     }
+
+
+def runtime_client_init(export: Path, rounds: int, wheels: Path, work: Path) -> dict:
+    """Init and first event of the python3.13 bundle under awslambdaric, with and without its .pyc
+    (rounds alternate, order rotated); medians and every round."""
+    root = debian_root("amd64")
+    python = host_python313(root)
+    shutil.rmtree(work, ignore_errors=True)  # read-only trees from an earlier run
+    work.mkdir(parents=True)
+    b = build_lambda_bundle(export, work / "function.zip", arch="x86_64", python="3.13", python_exe=python,
+                            wheels=wheels, log=lambda m: None)
+    if not b.compiled:
+        raise RuntimeError(f"the python3.13 bundle has no .pyc: {b.warnings}")
+    tasks = {"bundle (.pyc)": extract(b.function_zip, work / "task"),
+             "bundle, no .pyc": extract(b.function_zip, work / "task-nopyc", keep_pyc=False)}
+    runtime = runtime_client("x86_64", work / "runtime", python, wheels)
+    runs: dict[str, list[dict]] = {name: [] for name in tasks}
+    names = list(tasks)
+    for r in range(rounds):
+        for name in names[r % 2:] + names[:r % 2]:
+            run = run_events(root, tasks[name], runtime, "x86_64", [EVENT], timeout=120)
+            runs[name].append({"init_s": run["init_s"], "first_event_s": run["per_invocation_s"][0]})
+        print(f"  python3.13 under awslambdaric, round {r + 1}/{rounds}: "
+              + ", ".join(f"{n} init {runs[n][-1]['init_s']:.2f} s" for n in names), file=sys.stderr)
+    return {name: {k: round(statistics.median(x[k] for x in rs), 4) for k in ("init_s", "first_event_s")}
+            | {"rounds": rs} for name, rs in runs.items()} | {"init_limit_s": LAMBDA_INIT_LIMIT_S}
 
 
 def markdown(result: dict) -> str:
@@ -152,8 +187,14 @@ def markdown(result: dict) -> str:
             lines.append(f"| {name} | {c['wall_s']:.3f} s | {c['imports_s']:.3f} s | {c['load_s']:.3f} s | "
                          f"{c['first_event_s'] * 1000:.1f} ms | {c['peak_rss_mb']:.0f} MB |")
         lines += ["", "Wall time as a multiple of the plain venv's in the same round (median over rounds): "
-                  + ", ".join(f"{n} {r:.2f}x" for n, r in m["wall_vs_plain_venv"].items()) + ".",
-                  "", "| bundle | unzipped | zipped |", "|---|---|---|"]
+                  + ", ".join(f"{n} {r:.2f}x" for n, r in m["wall_vs_plain_venv"].items()) + ".", ""]
+        rc = m["python3.13_under_awslambdaric"]
+        limit = rc["init_limit_s"]
+        lines += ["python3.13 x86_64 bundle under awslambdaric (read-only chroot, user nobody; init = process start to "
+                  "the first `next`):", "", "| variant | init | of Lambda's 10 s init limit | first event |", "|---|---|---|---|"]
+        lines += [f"| {name} | {c['init_s']:.3f} s | {100 * c['init_s'] / limit:.0f}% | {c['first_event_s'] * 1000:.1f} ms |"
+                  for name, c in rc.items() if name != "init_limit_s"]
+        lines += ["", "| bundle | unzipped | zipped |", "|---|---|---|"]
         for name, s in m["sizes_mb"].items():
             if "unzipped" in s:
                 lines.append(f"| {name} | {s['unzipped']} MB | {s['zipped']} MB |")
@@ -168,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--models", default="e5-small-arch,me5")
+    parser.add_argument("--out", default=str(RESULTS / "lambda_cold_start"), help="results path without .json/.md")
     args = parser.parse_args(argv)
     work = work_dir() / "lambda"
     wheels = work / "wheels"
@@ -180,9 +222,10 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "models": {m: measure(m, args.rounds, wheels, work) for m in args.models.split(",")},
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "lambda_cold_start.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "lambda_cold_start.md").write_text(markdown(result))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))
     return 0
 

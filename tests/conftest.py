@@ -104,3 +104,9 @@ def me5_export_run(tmp_path_factory) -> tuple[Path, dict]:
 @pytest.fixture(scope="session")
 def me5_export(me5_export_run) -> Path:
     return me5_export_run[0]
+
+
+@pytest.fixture(scope="session")
+def wheels(tmp_path_factory) -> Path:
+    """Downloaded wheels, shared by every Lambda bundle built in this session (test_lambda*.py)."""
+    return tmp_path_factory.mktemp("wheels")

@@ -35,12 +35,6 @@ NOBODY = "65534"
 E_MACHINE = {62: "x86_64", 183: "aarch64", 3: "i386", 40: "arm"}
 
 
-@pytest.fixture(scope="session")
-def wheels(tmp_path_factory) -> Path:
-    """Downloaded wheels, shared by every bundle built in this session."""
-    return tmp_path_factory.mktemp("wheels")
-
-
 @pytest.fixture(scope="module")
 def host_bundle(minilm_export, wheels, tmp_path_factory):
     out = tmp_path_factory.mktemp("lambda") / "function.zip"
@@ -390,3 +384,16 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["bundle", "lambda", "--model", "x", "--arch", "sparc"])
     assert exit_.value.code == 2 and "invalid choice: 'sparc'" in capsys.readouterr().err
+
+
+def test_python_exe_must_be_the_target_version(tiny_exports, tmp_path, capsys):
+    from e5_onnx.cli import main
+
+    model = str(tiny_exports["wordpiece-bert"])
+    for exe, words in [(str(tmp_path / "python3.13"), "not an executable file"),
+                       (sys.executable, f"is Python {HOST_PYTHON}, not the 3.13 the bundle targets")]:
+        assert main(["bundle", "lambda", "--model", model, "--out", str(tmp_path / "f.zip"), "--python", "3.13",
+                     "--python-exe", exe]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err, err
+    assert not (tmp_path / "f.zip").exists()

@@ -152,27 +152,42 @@ def copy_model(model_dir: Path, dest: Path) -> None:
         shutil.copyfile(model_dir / name, dest / name)
 
 
+def interpreter_version(exe: str) -> str | None:
+    """'X.Y' as `exe` itself reports it, or None if it does not run."""
+    try:
+        return subprocess.run([exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                              capture_output=True, text=True, timeout=120).stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
 def find_interpreter(python: str) -> str | None:
     """A `pythonX.Y` on PATH that really is that version (a pyenv shim may only say it is not installed)."""
     exe = shutil.which(f"python{python}")
-    if exe is None:
-        return None
-    try:
-        said = subprocess.run([exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                              capture_output=True, text=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return exe if said == python else None
+    return exe if exe and interpreter_version(exe) == python else None
 
 
-def compile_bytecode(roots: list[Path], python: str) -> str | None:
+def check_interpreter(exe: str, python: str) -> str:
+    """`--python-exe`: it must run and be Python `python`; BundleError naming what it is otherwise."""
+    found = shutil.which(exe) if os.sep not in exe else (exe if os.access(exe, os.X_OK) else None)
+    if found is None:
+        raise BundleError(f"--python-exe {exe}: not an executable file")
+    said = interpreter_version(found)
+    if said != python:
+        raise BundleError(f"--python-exe {exe} is " + (f"Python {said}" if said else "not a Python that runs here")
+                          + f", not the {python} the bundle targets")
+    return found
+
+
+def compile_bytecode(roots: list[Path], python: str, exe: str | None = None) -> str | None:
     """.pyc for the target interpreter, unchecked-hash (zip extraction changes mtimes; the code never
-    changes). Returns a warning if no interpreter of that version is here."""
-    if python == host_python():
+    changes), by `exe` if given, else by this interpreter or a pythonX.Y on PATH. Returns a warning
+    if no interpreter of that version is here."""
+    if exe is None and python == host_python():
         mode = py_compile.PycInvalidationMode.UNCHECKED_HASH
         ok = all(compileall.compile_dir(str(r), quiet=2, workers=0, invalidation_mode=mode) for r in roots)
         return None if ok else "some .py files did not compile; they will compile at every cold start"
-    exe = find_interpreter(python)
+    exe = exe or find_interpreter(python)
     if exe:
         done = subprocess.run([exe, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
                                *map(str, roots)], capture_output=True, text=True)
@@ -180,7 +195,7 @@ def compile_bytecode(roots: list[Path], python: str) -> str | None:
     return (f"no .pyc: bytecode can only be compiled by Python {python} and this is {host_python()} with no "
             f"python{python} on PATH. The code is read-only on Lambda, so every cold start compiles the imports "
             "again (imports measured 0.41 s with .pyc, 0.90 s without: benchmarks/lambda_cold_start.py); build on Python "
-            f"{python} to include them")
+            f"{python}, or pass --python-exe PATH of a Python {python}, to include them")
 
 
 SMOKE = """import sys
@@ -191,10 +206,10 @@ assert len(answer["data"][0]["embedding"]) == aws_lambda.EMBEDDER.dim, answer
 """
 
 
-def smoke_test(paths: list[Path]) -> None:
+def smoke_test(paths: list[Path], exe: str = sys.executable) -> None:
     """Import the handler from the bundle alone (isolated interpreter, no site-packages) and embed one text."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("E5_ONNX_", "PYTHON"))}
-    done = subprocess.run([sys.executable, "-I", "-S", "-B", "-c", SMOKE, *map(str, paths)],
+    done = subprocess.run([exe, "-I", "-S", "-B", "-c", SMOKE, *map(str, paths)],
                           capture_output=True, text=True, env=env, timeout=300)
     if done.returncode != 0:
         raise BundleError("the pruned bundle does not run: " + _tail(done.stderr, 5))
@@ -220,8 +235,10 @@ def layer_path(out: Path) -> Path:
 
 def build_lambda_bundle(model: str | os.PathLike, out: str | os.PathLike, *, arch: str = "x86_64",
                         python: str | None = None, layer: bool = False, wheels: str | os.PathLike | None = None,
-                        latest: bool = False, log=print) -> Bundle:
-    """Build `out` (and `<out>-layer.zip` with `layer`); raises BundleError when it cannot or must not."""
+                        latest: bool = False, python_exe: str | None = None, log=print) -> Bundle:
+    """Build `out` (and `<out>-layer.zip` with `layer`); raises BundleError when it cannot or must not.
+    `python_exe`: a Python of the target version to compile bytecode with (and, on this CPU, to
+    smoke-test the bundle with) when this interpreter is another version."""
     python = python or default_python()
     if arch not in ARCHES:
         raise BundleError(f"unknown --arch {arch!r}: Lambda runs {', '.join(ARCHES)}")
@@ -229,6 +246,8 @@ def build_lambda_bundle(model: str | os.PathLike, out: str | os.PathLike, *, arc
         raise BundleError(f"unsupported --python {python!r}: choose one of {', '.join(PYTHONS)}")
     out = Path(out)
     model_dir = resolve_model_dir(model)
+    if python_exe:
+        python_exe = check_interpreter(python_exe, python)
     warnings = []
     if python in AMAZON_LINUX_2:
         warnings.append(f"Lambda's python{python} runtime runs on Amazon Linux 2 (glibc 2.26), older than the "
@@ -247,11 +266,11 @@ def build_lambda_bundle(model: str | os.PathLike, out: str | os.PathLike, *, arc
         copy_package(function)
         copy_model(model_dir, function / MODEL_DIRNAME)
         roots = [function] + ([site] if layer else [])
-        warning = compile_bytecode(roots, python)
+        warning = compile_bytecode(roots, python, python_exe)
         if warning:
             warnings.append(warning)
-        if python == host_python() and ARCHES[arch] == platform.machine():
-            smoke_test(roots)
+        if ARCHES[arch] == platform.machine() and (python_exe or python == host_python()):
+            smoke_test(roots, python_exe or sys.executable)
         unzipped = {"function": tree_bytes(function)} | ({"layer": tree_bytes(site)} if layer else {})
         bundle = Bundle(out, layer_path(out) if layer else None, str(model), arch, python, versions, installed,
                         removals, unzipped, compiled=warning is None, warnings=warnings)
@@ -298,13 +317,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("--layer", action="store_true", help="dependencies as <out>-layer.zip, function zip apart")
     p.add_argument("--wheels", default=os.environ.get("E5_ONNX_WHEELS"),
                    help="keep downloaded wheels here and reuse them (env E5_ONNX_WHEELS)")
+    p.add_argument("--python-exe", default=os.environ.get("E5_ONNX_PYTHON_EXE"), metavar="PATH",
+                   help="a Python of the --python version to compile bytecode with, when this one is another "
+                        "(env E5_ONNX_PYTHON_EXE)")
     p.add_argument("--latest", action="store_true",
                    help="the newest onnxruntime/tokenizers/numpy instead of the versions installed here")
     args = parser.parse_args(argv)
     if not args.model:
         parser.error("--model is required (or set E5_ONNX_MODEL)")
     bundle = build_lambda_bundle(args.model, args.out, arch=args.arch, python=args.python, layer=args.layer,
-                                 wheels=args.wheels, latest=args.latest, log=lambda m: print(m, file=sys.stderr))
+                                 wheels=args.wheels, latest=args.latest, python_exe=args.python_exe, log=lambda m: print(m, file=sys.stderr))
     for warning in bundle.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(report(bundle))
