@@ -29,14 +29,8 @@ def import_openvino():
     return openvino
 
 
-def cpu_has_bf16() -> bool:
-    """OpenVINO runs bf16 natively here (it lists BF16 among the CPU's capabilities)."""
-    core = import_openvino().Core()
-    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-
-
 class OpenVINOSession:
-    """Runs input_ids + attention_mask (+ token_type_ids if the graph has it) through OpenVINO.
+    """Runs input_ids + attention_mask (and whatever else the graph declares: graph_feed) through OpenVINO.
 
     `threads` per call; `streams` calls may run side by side (one per caller thread: the server's
     workers, Embedder.encode's batches), each on its own infer request: a compiled model is
