@@ -2,8 +2,8 @@
 optional extra, the fp32 graph at bf16 or f32), and the variant each defaults to.
 
 "auto" takes OpenVINO at bf16 where it is installed and the CPU has AMX (measured there at
-1.3-1.8x onnxruntime INT8's batch throughput, though slower for one short query: benchmarks/
-README.md, "The fastest CPU engines"), onnxruntime INT8 everywhere else (without AMX OpenVINO
+1.3-1.8x onnxruntime INT8's batch throughput, though slower for one short query: docs/benchmarks.md,
+"The fastest CPU engines side by side"), onnxruntime INT8 everywhere else (without AMX OpenVINO
 runs f32; not measured against INT8 on such a CPU yet).
 """
 from __future__ import annotations
@@ -57,7 +57,7 @@ def open_session(backend: str, variant: str, graph: Path, threads: int | None, p
         from .session import available_cores
 
         # `threads` cores as that many one-thread streams: calls side by side on one core each beat
-        # one call on every core (benchmarks/README.md); Embedder.encode runs its batches so.
+        # one call on every core (docs/benchmarks.md); Embedder.encode runs its batches so.
         return OpenVINOSession(graph, variant, threads=1, streams=threads or available_cores(),
                                position_offset=position_offset)
     from .session import EncoderSession

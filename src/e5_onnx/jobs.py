@@ -3,7 +3,7 @@ Parquet), streamed chunk by chunk and resumable: run the same command again afte
 finishes the job. `--ray [ADDRESS]` runs it Parquet to Parquet on a Ray cluster instead.
 
 Every flag can also be set by an environment variable (E5_ONNX_MODEL, E5_ONNX_VARIANT,
-E5_ONNX_THREADS, E5_ONNX_PREFIX, E5_ONNX_CHUNK_SIZE, E5_ONNX_LONG_TEXT, E5_ONNX_PRECISION).
+E5_ONNX_BACKEND, E5_ONNX_THREADS, E5_ONNX_PREFIX, E5_ONNX_CHUNK_SIZE, E5_ONNX_LONG_TEXT, E5_ONNX_PRECISION).
 """
 from __future__ import annotations
 

@@ -69,7 +69,7 @@ class OpenVINOSession:
 
         The sequence is padded to a multiple of PAD_MULTIPLE (masked: the real tokens' states do not
         change): OpenVINO caches its kernels per input shape, and fewer shapes plus AMX-sized tiles
-        gave 1.15-1.3x the throughput of exact widths on the bench's mix (benchmarks/README.md).
+        gave 1.15-1.3x the throughput of exact widths on the bench's mix (docs/benchmarks.md).
         """
         width = input_ids.shape[1]
         extra = -width % PAD_MULTIPLE
