@@ -255,9 +255,10 @@ def test_wheel_is_typed_and_carries_the_project_metadata(built_wheel):
 
     whl = zipfile.ZipFile(built_wheel)
     assert "e5_onnx/py.typed" in whl.namelist()
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in whl.namelist())  # PEP 639
     metadata = whl.read(next(n for n in whl.namelist() if n.endswith("METADATA"))).decode()
     keywords = next(line for line in metadata.splitlines() if line.startswith("Keywords:"))
     assert {"embeddings", "onnxruntime", "e5"} <= set(keywords.split(":", 1)[1].strip().split(","))
-    for field in ("Author: e5-onnx maintainers", "Classifier: Typing :: Typed", "License-Expression: MIT", "Provides-Extra: docs", "Requires-Python: >=3.10"):
+    for field in ("Author: e5-onnx maintainers", "Classifier: Typing :: Typed", "License-Expression: MIT", "License-File: LICENSE", "Provides-Extra: docs", "Requires-Python: >=3.10"):
         assert field in metadata, field
     assert "Description-Content-Type: text/markdown" in metadata and "## Quickstart" in metadata
