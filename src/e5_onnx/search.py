@@ -7,6 +7,12 @@ a candidate list with the float query. The usual recipe for a large store:
     _, candidates = hamming_topk(quantize(q, "ubinary"), docs_bits, k=4 * 10)
     scores, ids = rescore(q, candidates, docs_int8, "int8", model.compact_ranges(), k=10)
 
+E5 (whose vectors are off-centre): bits at the model's centre, candidates from the float query
+against every doc's bits (rescore without candidates), then the int8 docs (docs/compact.md):
+
+    docs_bits = model.encode_passages(corpus, precision="ubinary-centred")
+    _, candidates = rescore(q, None, docs_bits, "ubinary-centred", centre=model.compact_centre(), k=10 * 10)
+
 Costs (n docs, b bytes a packed vector, Q queries, c candidates a query, d dims):
 - hamming_topk: Q * n * b / 8 XOR + popcount word operations, plus a partial sort of n per query;
   memory bounded by `chunk_bytes` (default ~32 MB of scratch), whatever n is. It is exact brute
@@ -15,7 +21,8 @@ Costs (n docs, b bytes a packed vector, Q queries, c candidates a query, d dims)
   faiss IndexBinaryIVF or usearch, is what scales).
 - rescore: reads only the Q * c candidate rows (random access; a memory-mapped .npy works) and
   does Q * c * d multiply-adds; a float query against int8 codes recovers most of what binary
-  retrieval loses (benchmarks/README.md, compact).
+  retrieval loses (docs/benchmarks.md, compact). Without candidates it reads every row, chunk by
+  chunk (SCAN_BYTES of scratch), and does Q * n * d: float32 search's cost at the store's size.
 """
 from __future__ import annotations
 
