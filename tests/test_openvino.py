@@ -179,8 +179,7 @@ def test_openvino_sequence_padding_does_not_change_the_real_tokens(minilm_export
     from e5_onnx.openvino_session import PAD_MULTIPLE, OpenVINOSession
 
     model = Embedder(minilm_export, "fp32", backend="openvino", threads=1)
-    batch = next(iter(model.tokenizer.batches(TEXTS, 32, 8192)))
-    assert batch.input_ids.shape[1] % PAD_MULTIPLE  # the width really gets padded
+    batch = next(b for b in model.tokenizer.batches(TEXTS, 8, 8192) if b.input_ids.shape[1] % PAD_MULTIPLE)
     graph = minilm_export / model.manifest["variants"]["fp32"]
     states = {p: OpenVINOSession(graph, "fp32", threads=1, pad_multiple=p).run(batch.input_ids, batch.attention_mask)
               for p in (1, PAD_MULTIPLE, 64)}
