@@ -35,8 +35,8 @@ import venv
 import zipfile
 from pathlib import Path
 
-from e5_onnx.bundle import MB, build_lambda_bundle, host_python, requirements
-from e5_onnx.prune import tree_bytes
+from e5_onnx.aws.bundle import MB, build_lambda_bundle, host_python, requirements
+from e5_onnx.aws.prune import tree_bytes
 
 from .assets import export_dir, work_dir
 from .data import ROOT

@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .corpus_io import MissingExtraError, import_pyarrow
-from .embedder import Embedder, resolve_model_dir
+from ..embedder import Embedder, resolve_model_dir
+from ..extras import MissingExtraError
+from .io import import_pyarrow
 
 
 def import_ray() -> Any:

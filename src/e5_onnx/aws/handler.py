@@ -1,4 +1,4 @@
-"""AWS Lambda handler `e5_onnx.aws_lambda.handler`: OpenAI-shaped embeddings for every event shape.
+"""AWS Lambda handler, deployed as `e5_onnx.aws_lambda.handler` (that module is this one): OpenAI-shaped embeddings for every event shape.
 
 The model is loaded once per execution environment, at import (Lambda's init phase, which runs
 at full CPU): from `$E5_ONNX_MODEL` if set, else from the `e5-onnx-model/` directory that
@@ -22,13 +22,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from .compact import ranges_file
-from .embedder import Embedder
-from .manifest import ModelDirError
-from .openai_api import ApiError, parse_embeddings_request, parse_json, render_embeddings
-from .session import available_cores
+from ..compact import ranges_file
+from ..embedder import Embedder
+from ..manifest import ModelDirError
+from ..serving.openai_api import ApiError, parse_embeddings_request, parse_json, render_embeddings
+from ..session import available_cores
 
-MODEL_DIRNAME = "e5-onnx-model"  # where `e5-onnx bundle lambda` puts the model, beside e5_onnx/
+MODEL_DIRNAME = "e5-onnx-model"  # where `e5-onnx bundle lambda` puts the model, beside the e5_onnx/ package
 DEFAULT_MAX_TEXTS = 256
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -37,7 +37,7 @@ def model_dir() -> str:
     configured = os.environ.get("E5_ONNX_MODEL")
     if configured:
         return configured
-    bundled = Path(__file__).resolve().parent.parent / MODEL_DIRNAME
+    bundled = Path(__file__).resolve().parents[2] / MODEL_DIRNAME
     if not bundled.is_dir():
         raise ModelDirError(f"no model: {bundled} does not exist and E5_ONNX_MODEL is not set "
                             "(build the function with `e5-onnx bundle lambda`)")
