@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from .data import ROOT, shared_dir
-from .report import machine, write_report
+from .harness import machine, machine_line, write_report
 
 RESULTS = ROOT / "benchmarks" / "results"
 MODELS = ("me5", "minilm")
@@ -145,7 +145,7 @@ def markdown(res: dict) -> str:
     lines = [
         "# Export cost: wall time and peak RSS",
         "",
-        f"`python -m benchmarks.export_cost` on {m['cpu']}, {m['cores_available']} cores, {m['memory']}, "
+        f"`python -m benchmarks.export_cost` on {machine_line(m)}; {m['memory']}, "
         f"{m['platform']}, {res['date']}, load average {', '.join(f'{x:.1f}' for x in m['loadavg_start'])}.",
         "Peak RSS of the whole command: its ru_maxrss (as `/usr/bin/time -v`); per stage: VmHWM "
         "between the exporter's log messages, reset at each (in a second, in-process run).",

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULTS / "huge_text"))
     args = p.parse_args(argv)
     from .assets import export_dir
-    from .report import machine
+    from .harness import machine
 
     rows = []
     for name in args.models:

@@ -27,7 +27,8 @@ import numpy as np
 
 from .measure import rotate
 from .mix import text_mix
-from .report import ROOT_DIR, machine, write_report
+from .harness import machine, machine_line, write_report
+from .report import ROOT_DIR
 
 # name -> what it changes from e5-onnx's settings (for the report)
 CONFIGS = {
@@ -139,7 +140,7 @@ def run(model: str, rounds: int, threads: int, configs: list[str], log) -> dict:
 
 
 def markdown(res: dict) -> str:
-    lines = [f"Machine: {res['machine'].get('cpu', '?')}, {res['threads']} threads; {res['date']}; load average "
+    lines = [f"Machine: {machine_line(res['machine'])}; {res['threads']} threads; {res['date']}; load average "
              f"{res['machine']['loadavg_start'][0]:.1f} at start, {res['machine']['loadavg_end'][0]:.1f} at end. "
              f"Command: `{res['command']}`", "",
              f"Medians of {res['rounds']} interleaved rounds, each configuration a fresh process. x = ratio to "

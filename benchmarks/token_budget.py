@@ -23,7 +23,8 @@ import numpy as np
 from .assets import export_dir
 from .measure import rotate
 from .mix import text_mix
-from .report import ROOT_DIR, machine, write_report
+from .harness import machine, machine_line, write_report
+from .report import ROOT_DIR
 from .data import scifact_passages, stsb
 
 BUDGETS = [256, 512, 1024, 2048, 4096, 8192]
@@ -97,7 +98,7 @@ def run(model: str, variant: str, budgets: list[int], rounds: int, threads: int,
 
 
 def markdown(res: dict) -> str:
-    lines = [f"Machine: {res['machine'].get('cpu', '?')}, {res['threads']} threads; {res['date']}. "
+    lines = [f"Machine: {machine_line(res['machine'])}; {res['threads']} threads; {res['date']}. "
              f"Command: `{res['command']}`", ""]
     for key, r in res["runs"].items():
         budgets = list(next(iter(r["sets"].values()))["median_texts_per_s"])
