@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from .assets import export_dir
-from .data import ROOT, scifact_passages, stsb
+from .data import ROOT, scifact_passages, stsb_sentences
 from .harness import machine, machine_line
 
 ENCODE = """
@@ -39,7 +39,7 @@ np.save(sys.argv[4], model.encode(texts))
 
 
 def sentences() -> list[str]:
-    return sorted({s for split in ("test", "dev") for a, b, _ in stsb("en", split) for s in (a, b)})
+    return stsb_sentences("en", ("test", "dev"))
 
 
 def mixed(n: int) -> list[str]:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from .data import ROOT, shared_dir
-from .harness import machine, machine_line, write_report
+from .harness import machine, machine_line, proc_status_mb, reset_peak_rss, write_report
 
 RESULTS = ROOT / "benchmarks" / "results"
 MODELS = ("me5", "minilm")
@@ -73,21 +73,15 @@ class StageMeter:
         self.name = "start"
         self._reset()
 
-    @staticmethod
-    def _status() -> dict[str, int]:
-        with open("/proc/self/status") as f:
-            return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f) if k in ("VmHWM", "VmRSS")}
-
     def _reset(self) -> None:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # VmHWM := VmRSS
+        reset_peak_rss()
         self.started = time.perf_counter()
 
     def mark(self, name: str) -> None:
         """End the current stage (recording it) and start one called `name`."""
-        s = self._status()
+        peak, now = proc_status_mb("VmHWM"), proc_status_mb("VmRSS")
         self.stages.append({"stage": self.name, "seconds": round(time.perf_counter() - self.started, 1),
-                            "peak_rss_mb": round(s["VmHWM"] / 1024), "rss_after_mb": round(s["VmRSS"] / 1024)})
+                            "peak_rss_mb": round(peak), "rss_after_mb": round(now)})
         self.name = name
         self._reset()
 

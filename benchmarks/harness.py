@@ -2,16 +2,15 @@
 versions, load), package versions, the JSON + .md report files, progress lines on stderr, and the
 export a run measures (a benchmarks/assets.py name or a directory).
 
-Stdlib only at import: bench.py sets the thread variables before any numeric library loads, and a
-cold-start child imports as little as it can. machine() imports the runtime (for the CPU flags).
+Also the RSS readings of this process (/proc/self/status), for benchmarks whose measured child
+imports this module: so it imports next to nothing itself (os, sys, pathlib; the rest inside the
+functions), and bench.py can set thread variables before any numeric library loads. machine()
+imports the runtime (for the CPU flags).
 """
 from __future__ import annotations
 
-import json
 import os
-import platform
 import sys
-from importlib import metadata
 from pathlib import Path
 
 # The flags that decide which INT8 / bf16 kernels onnxruntime and OpenVINO can use.
@@ -23,6 +22,8 @@ VERSIONS = ("e5-onnx", "onnxruntime", "tokenizers", "numpy", "torch", "transform
 
 def version(name: str, missing: str | None = None) -> str | None:
     """The installed version of distribution `name`, or `missing`."""
+    from importlib import metadata
+
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
@@ -39,6 +40,8 @@ def cpu_model() -> str:
 
 def machine(packages: tuple[str, ...] = ()) -> dict:
     """The machine and software a run measured, with the load average at its start."""
+    import platform
+
     from e5_onnx.backends import cpu_flags  # the flags as the runtime reads them (backend "auto" decides on them)
 
     with open("/proc/meminfo") as f:
@@ -62,12 +65,30 @@ def machine_line(m: dict) -> str:
 
 def write_report(out: str | os.PathLike, res: dict, table: str) -> None:
     """res as JSON at `out`, the table beside it as .md, and the table printed."""
+    import json
+
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(res, f, indent=1)
     with open(os.path.splitext(out)[0] + ".md", "w") as f:
         f.write(table + "\n")
     print(table)
+
+
+def proc_status_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak since start or the last reset_peak_rss()) of this process, in MB.
+    Unlike ru_maxrss, VmHWM is not inherited across fork + exec from a big parent."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def reset_peak_rss() -> None:
+    """VmHWM := VmRSS, so the next VmHWM read is the peak of what ran since."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def log(*parts) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import scifact_passages, stsb
+from .data import scifact_passages, stsb_sentences
 
 SEED = 0
 # Passages cut to ~100 tokens, so a mixed request (1-16 texts) is ~0.5 s of work on a quiet
@@ -33,7 +33,7 @@ PASSAGE_CHARS = 400
 def workloads(n_requests: int = 2048) -> dict[str, list[list[str]]]:
     """Per workload, the texts of each request (clients cycle through them)."""
     rng = random.Random(SEED)
-    sentences = sorted({s for a, b, _ in stsb("en", "test") for s in (a, b)})
+    sentences = stsb_sentences()
     queries = ["query: " + s for s in rng.sample(sentences, n_requests)]
     passages = ["passage: " + p[:PASSAGE_CHARS] for p in rng.sample(scifact_passages(), n_requests)]
     mixed = []

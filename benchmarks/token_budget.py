@@ -25,7 +25,7 @@ from .measure import rotate
 from .mix import text_mix
 from .harness import machine, machine_line, write_report
 from .report import ROOT_DIR
-from .data import scifact_passages, stsb
+from .data import scifact_passages, stsb_sentences
 
 BUDGETS = [256, 512, 1024, 2048, 4096, 8192]
 SHAPES = [(n, length) for n in (1, 2, 4, 8, 16, 32) for length in (8, 16, 32, 64, 128, 256, 512) if n * length <= 4096]
@@ -54,7 +54,7 @@ def shape_costs(model: str, variant: str, rounds: int, threads: int) -> dict[str
 
 
 def text_sets() -> dict[str, list[str]]:
-    sentences = sorted({s for a, b, _ in stsb("en", "test") for s in (a, b)})
+    sentences = stsb_sentences()
     return {
         "queries": ["query: " + s for s in sentences[:256]],
         "passages": ["passage: " + p for p in scifact_passages()[:64]],
