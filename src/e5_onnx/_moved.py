@@ -10,8 +10,7 @@ e5_onnx/aws_lambda.py (the name deployed Lambda functions are configured with) a
 from __future__ import annotations
 
 import importlib
-import importlib.abc
-import importlib.util
+import importlib.machinery
 import sys
 import warnings
 from types import ModuleType
@@ -32,11 +31,12 @@ MOVED = {
 }
 
 
-class MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Finds the old names in MOVED; loading one returns the module at its new path."""
+class MovedModules:
+    """Finds the old names in MOVED; loading one returns the module at its new path. (A finder and
+    loader by protocol, not by importlib.abc's classes: importing those costs a cold start ~18 ms.)"""
 
     def find_spec(self, name: str, path=None, target=None):
-        return importlib.util.spec_from_loader(name, self) if name in MOVED else None
+        return importlib.machinery.ModuleSpec(name, self) if name in MOVED else None
 
     def create_module(self, spec) -> None:
         return None  # the default module, replaced in exec_module
