@@ -1,8 +1,9 @@
-"""AWS Lambda handler, deployed as `e5_onnx.aws_lambda.handler` (that module is this one): OpenAI-shaped embeddings for every event shape.
+"""AWS Lambda handler: OpenAI-shaped embeddings for every event shape.
 
-The model is loaded once per execution environment, at import (Lambda's init phase, which runs
-at full CPU): from `$E5_ONNX_MODEL` if set, else from the `e5-onnx-model/` directory that
-`e5-onnx bundle lambda` puts beside this package. It never downloads and writes nothing.
+Deployed functions name it `e5_onnx.aws_lambda.handler`: e5_onnx/aws_lambda.py makes that module
+this one. The model is loaded once per execution environment, at import (Lambda's init phase,
+which runs at full CPU): from `$E5_ONNX_MODEL` if set, else from the `e5-onnx-model/` directory
+that `e5-onnx bundle lambda` puts beside the e5_onnx package. It never downloads and writes nothing.
 
 Events: a direct invocation `{"input": ..., "input_type": ..., "encoding_format": ...}` is
 answered with the OpenAI body itself (or `{"error": {...}}`); API Gateway HTTP API (payload 2.0),
