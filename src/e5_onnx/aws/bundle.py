@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import unigram
-from ..compact import ranges_file
+from ..compact import params_file
 from ..embedder import resolve_model_dir
 from ..manifest import data_file, load_manifest, verified_graph, verified_path
 from .prune import RUNTIME_DISTRIBUTIONS, Removal, drop_distributions, prune_files, tree_bytes
@@ -137,15 +137,16 @@ def copy_package(dest: Path) -> None:
 
 def copy_model(model_dir: Path, dest: Path) -> None:
     """manifest.json, tokenizer.json (and tokenizer_unigram.npz if the export has it), the INT8 graph
-    with its weights and its int8 ranges (compact vectors; older exports have none), each checked
+    with its weights and its int8 ranges and centre (compact vectors; older exports have none), each checked
     against the manifest."""
     manifest = load_manifest(model_dir)
     graph = manifest["variants"]["int8"]
     tokenizers = ["tokenizer.json"] + [n for n in (unigram.COMPACT,) if n in manifest["files"]]
     names = tokenizers + [graph] + ([data_file(graph)] if data_file(graph) in manifest["files"] else [])
-    if ranges := ranges_file(manifest, "int8"):
-        names.append(ranges)
-        verified_path(model_dir, manifest, ranges)
+    for kind in ("ranges", "centre"):
+        if param := params_file(manifest, "int8", kind):
+            names.append(param)
+            verified_path(model_dir, manifest, param)
     verified_graph(model_dir, manifest, graph)
     for name in tokenizers:
         verified_path(model_dir, manifest, name)

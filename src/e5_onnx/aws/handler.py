@@ -23,7 +23,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ..compact import ranges_file
+from ..compact import params_file
 from ..embedder import Embedder
 from ..manifest import ModelDirError
 from ..serving.openai_api import ApiError, parse_embeddings_request, parse_json, render_embeddings
@@ -74,7 +74,8 @@ def respond(payload: Any) -> bytes:
     request = parse_embeddings_request(payload, dim=EMBEDDER.dim, max_inputs=MAX_TEXTS,
                                        inputs_setting="E5_ONNX_MAX_TEXTS",
                                        prefixes={"query": EMBEDDER.query_prefix, "passage": EMBEDDER.passage_prefix},
-                                       has_ranges=ranges_file(EMBEDDER.manifest, EMBEDDER.variant) is not None)
+                                       has_ranges=params_file(EMBEDDER.manifest, EMBEDDER.graph_variant) is not None,
+                                       has_centre=params_file(EMBEDDER.manifest, EMBEDDER.graph_variant, "centre") is not None)
     texts = request.texts
     tokens = sum(len(e.ids) for e in EMBEDDER.tokenizer.encode(texts))  # after truncation, with specials
     vectors = EMBEDDER.encode(texts, precision=request.precision)

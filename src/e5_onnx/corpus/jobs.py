@@ -114,8 +114,7 @@ def run(args: argparse.Namespace) -> int:
     prefix = {"none": "", "query": model.query_prefix, "passage": model.passage_prefix}[args.prefix]
     progress = Progress(args.progress or sys.stderr.isatty(), reader.fraction_done,
                         "truncated" if args.long_text == "truncate" else "split into windows")
-    if args.precision in ("int8", "uint8"):
-        model.compact_ranges()  # an export without ranges fails here, before any work
+    model.compact_params(args.precision)  # an export without ranges / centre fails here, before any work
     checkpoint = None if to_stdout else Checkpoint(output, job_settings(args, model, prefix), args.restart)
 
     def embedded() -> Iterator[tuple]:

@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from ..backends import resolve
-from ..compact import quantize, ranges_file
+from ..compact import params_file, quantize
 from ..embedder import Embedder, resolve_model_dir
 from ..manifest import load_manifest
 from ..session import available_cores
@@ -79,6 +79,7 @@ class Service:
         self.embedder: Embedder | None = None
         self.batcher: Batcher | None = None
         self.ranges = None  # the export's int8 ranges, if it records them (embedding_type int8 / uint8)
+        self.centre = None  # and its centre (embedding_type binary-centred / ubinary-centred)
         self.error: BaseException | None = None
         self.server = None  # the uvicorn.Server, to tell /health we are draining, or to stop on a load error
         self.metrics = _metrics(self)
@@ -96,8 +97,10 @@ class Service:
                 threads *= workers
             embedder = Embedder(self.model_dir, s.variant, backend=s.backend, threads=threads, batch_size=s.batch_size,
                                 max_batch_tokens=s.max_batch_tokens, spinning=s.spinning)
-            if ranges_file(embedder.manifest, s.variant) is not None:
+            if params_file(embedder.manifest, embedder.graph_variant) is not None:
                 self.ranges = embedder.compact_ranges()
+            if params_file(embedder.manifest, embedder.graph_variant, "centre") is not None:
+                self.centre = embedder.compact_centre()
             self.embedder = embedder
             self.batcher = Batcher(embedder, max_queue_texts=s.max_queue_texts, max_queue_tokens=s.max_queue_tokens,
                                    batching=s.batching, workers=workers, on_batch=self._on_batch)
@@ -151,7 +154,7 @@ async def embeddings(request: Request) -> Response:
     embedder = service.embedder
     req = parse_embeddings_request(parse_json(body), dim=embedder.dim, max_inputs=s.max_inputs, max_chars=s.max_chars,
                                    prefixes={"query": embedder.query_prefix, "passage": embedder.passage_prefix},
-                                   has_ranges=service.ranges is not None)
+                                   has_ranges=service.ranges is not None, has_centre=service.centre is not None)
     large = len(req.texts) > INLINE_TEXTS or sum(map(len, req.texts)) > INLINE_CHARS
     encode = embedder.tokenizer.encode
     encodings = await asyncio.to_thread(encode, req.texts) if large else encode(req.texts)
@@ -172,7 +175,7 @@ async def embeddings(request: Request) -> Response:
     m.inc("tokens_total", tokens)
     m.inc("truncated_texts_total", truncated)
     if req.precision != "float32":  # a row's code depends on its own vector only: batching cannot change it
-        vectors = quantize(vectors, req.precision, service.ranges)
+        vectors = quantize(vectors, req.precision, service.ranges, centre=service.centre)
     args = (vectors, req.encoding_format, service.name, tokens, truncated)
     content = await asyncio.to_thread(render_embeddings, *args) if large else render_embeddings(*args)
     return Response(content, media_type="application/json", headers={"X-Truncated-Texts": str(truncated)})
