@@ -46,7 +46,7 @@ from export.calibration import ranges_texts
 
 from .assets import export_dir, work_dir
 from .data import ROOT
-from .report import machine, write_report
+from .harness import machine, write_report
 from .tasks import scifact_task, sts_task
 
 # nDCG@10 drop vs float32, points (the issue's: int8 <= 0.5, binary + rescoring <= 1)

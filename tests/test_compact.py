@@ -294,7 +294,7 @@ def test_search_helpers_refuse_mismatched_inputs():
 
 def test_the_openai_schema_refuses_what_an_older_export_cannot_give():
     """The server and the Lambda handler pass has_ranges / has_centre from the export's manifest."""
-    from e5_onnx.openai_api import ApiError, parse_embeddings_request
+    from e5_onnx.serving.openai_api import ApiError, parse_embeddings_request
 
     def parse(kind, **flags):
         return parse_embeddings_request({"input": "a", "embedding_type": kind}, dim=4, prefixes={}, max_inputs=2, **flags)

@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 
 from e5_onnx import Embedder
-from e5_onnx import bundle as bundle_mod
-from e5_onnx.bundle import build_lambda_bundle
+from e5_onnx.aws import bundle as bundle_mod
+from e5_onnx.aws.bundle import build_lambda_bundle
 
 HOST_ARCH = {"x86_64": "x86_64", "aarch64": "arm64"}[platform.machine()]
 HOST_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -356,6 +356,9 @@ def test_arm64_layer_bundle_has_only_aarch64_code(tiny_exports, wheels, tmp_path
     with zipfile.ZipFile(b.function_zip) as z:
         names = set(z.namelist())
     assert {"e5_onnx/aws_lambda.py", "e5-onnx-model/model_int8.onnx", "e5-onnx-model/tokenizer.json"} <= names
+    # the handler name's shim and the subpackages it imports (the whole e5_onnx tree is copied, no exporter)
+    assert {"e5_onnx/aws/handler.py", "e5_onnx/serving/openai_api.py", "e5_onnx/_moved.py"} <= names
+    assert not any(n.startswith("e5_onnx/export/") for n in names)
     # no Python 3.12 here: no .pyc, and the build says what that costs
     assert not b.compiled and any("no .pyc" in w and "cold start" in w for w in b.warnings), b.warnings
     assert b.versions["onnxruntime"] and b.unzipped["layer"] > b.unzipped["function"]

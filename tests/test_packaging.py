@@ -211,7 +211,7 @@ def test_pack_refuses_a_tampered_or_incomplete_export(tiny_exports, tmp_path):
     import shutil
 
     from e5_onnx import HashMismatchError, ModelDirError
-    from e5_onnx.pack import pack as pack_dir
+    from e5_onnx.packages.pack import pack as pack_dir
 
     for damage in ("tamper", "remove"):
         d = tmp_path / damage
@@ -230,7 +230,7 @@ def test_pack_refuses_a_tampered_or_incomplete_export(tiny_exports, tmp_path):
 
 
 def test_pack_sizes_are_reported_against_pypis_limit(tiny_exports, tmp_path):
-    from e5_onnx.pack import PYPI_FILE_LIMIT, size_report
+    from e5_onnx.packages.pack import PYPI_FILE_LIMIT, size_report
 
     (wheel,) = pack(tiny_exports["wordpiece-bert"], tmp_path / "d", "--name", "t", "--variants", "int8,fp32").glob("*.whl")
     size = wheel.stat().st_size

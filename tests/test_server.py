@@ -511,7 +511,7 @@ def test_cli_errors_are_one_line(tmp_path):
 
 
 def test_workers_and_threads_read_flags_and_environment(monkeypatch, capsys):
-    from e5_onnx.server import parse_args
+    from e5_onnx.serving.server import parse_args
 
     monkeypatch.setenv("E5_ONNX_WORKERS", "3")
     settings = parse_args(["--model", "m", "--threads", "2"])

@@ -17,10 +17,10 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__, unigram
-from .compact import params_file
-from .manifest import MANIFEST, ModelDirError, data_file, load_manifest, verified_path
-from .registry import ENTRY_POINT_GROUP
+from .. import __version__, unigram
+from ..compact import params_file
+from ..manifest import MANIFEST, ModelDirError, data_file, load_manifest, verified_path
+from ..registry import ENTRY_POINT_GROUP
 
 PYPI_FILE_LIMIT = 100 * 1000 * 1000  # PyPI's default upload limit per file (bytes); raisable on request
 DEFAULT_VERSION = "1.0.0"

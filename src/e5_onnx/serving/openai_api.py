@@ -1,7 +1,7 @@
 """The OpenAI embeddings protocol: request validation, the response body, the error object.
 
 One reading of `{"input", "input_type", "encoding_format", "dimensions", "model", "user"}` and one
-answer shape for every transport (server.py over HTTP, aws_lambda.py for Lambda events); no web
+answer shape for every transport (server.py over HTTP, aws/handler.py for Lambda events); no web
 framework here, only the standard library and numpy, so the Lambda bundle carries it as is.
 Every bad request becomes an ApiError naming the field (`param`) and what is wrong with it.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .compact import CENTRED, RANGED
+from ..compact import CENTRED, RANGED
 
 _ERROR_TYPE = {401: "authentication_error", 429: "rate_limit_error", 500: "server_error", 503: "server_error"}
 _SURROGATE = re.compile("[\ud800-\udfff]")  # valid in a JSON escape, impossible in UTF-8 text

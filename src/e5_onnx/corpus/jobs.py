@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from .checkpoint import Checkpoint, fsync_dir, records_digest
-from .compact import PRECISIONS, check_precision, width
-from .corpus_io import (INPUT_FORMATS, MissingExtraError, Record, input_format, open_reader, output_format,
+from ..compact import PRECISIONS, check_precision, width
+from .io import (INPUT_FORMATS, MissingExtraError, Record, input_format, open_reader, output_format,
                         write_jsonl, write_npy, write_parquet)
-from .backends import BACKENDS, ENV as BACKEND_ENV
-from .embedder import VARIANTS, Embedder
+from ..backends import BACKENDS, ENV as BACKEND_ENV
+from ..embedder import VARIANTS, Embedder
 from .progress import Progress
-from .windows import LONG_TEXT
+from ..windows import LONG_TEXT
 
 
 def parser() -> argparse.ArgumentParser:
