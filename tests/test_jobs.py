@@ -249,7 +249,7 @@ def test_bad_precision_is_one_line(model_dir, tmp_path):
                             (["--precision", "binary-centred", "-m", old], {}, "records no centre"),
                             (["--precision", "centred"], {}, "choose one of float32, int8, uint8, binary, ubinary, "
                                                              "binary-centred, ubinary-centred"),
-                            (["--precision", "binary", "--ray"], {}, "not supported with --ray")]:
+                            (["--precision", "int8", "-m", old, "--ray"], {}, "records no int8/uint8 ranges")]:
         proc = subprocess.run([sys.executable, "-m", "e5_onnx.cli", "embed", str(tmp_path / "in.txt"), "-o",
                                str(tmp_path / "o.npy"), "-m", str(model_dir), *map(str, args)],
                               capture_output=True, text=True, timeout=300, env={**os.environ, **env})

@@ -101,3 +101,25 @@ def test_embed_dataset_numpy_batches_and_missing_column(cluster, tiny_exports, d
                            "-m", str(tiny_exports["wordpiece-bert"]), "--text-column", "body", "--ray", cluster],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "no column 'body'" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_cli_ray_job_writes_compact_codes(cluster, dataset, tiny_exports, single_process, tmp_path):
+    """--precision with --ray: fixed_size_list<int8>[dim] codes, each id once, equal to the single
+    process's float vectors quantized with the export's ranges (off by at most one step where a float
+    sits on a bucket's edge: the floats agree to cos >= 0.99999, not bit for bit)."""
+    from e5_onnx import Embedder
+    from e5_onnx.compact import quantize
+
+    out = tmp_path / "codes"
+    proc = subprocess.run([sys.executable, "-m", "e5_onnx.cli", "embed", str(dataset), "-o", str(out), "-m",
+                           str(tiny_exports["wordpiece-bert"]), "--ray", cluster, "--precision", "int8"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    table = pq.read_table(out)
+    assert table.schema.field("embedding").type == pa.list_(pa.int8(), 64)
+    ids = table.column("id").to_pylist()
+    assert len(ids) == N and collections.Counter(ids) == collections.Counter(single_process.keys())
+    ranges = Embedder(str(tiny_exports["wordpiece-bert"])).compact_ranges()
+    want = quantize(np.array([single_process[i] for i in ids], dtype=np.float32), "int8", ranges)
+    got = np.array(table.column("embedding").to_pylist(), dtype=np.int16)
+    assert np.abs(got - want).max() <= 1 and (got == want).mean() >= 0.999

@@ -68,9 +68,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.chunk_size < 1:
         raise ValueError(f"--chunk-size must be 1 or more, not {args.chunk_size}")
     check_precision(args.precision, "--precision")
-    if args.ray is not None and args.precision != "float32":
-        raise ValueError(f"--precision {args.precision} is not supported with --ray yet: embed float32 there, or "
-                         "run without --ray")
     try:
         if args.ray is not None:
             from .ray import run_job

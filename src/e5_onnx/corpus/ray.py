@@ -8,8 +8,9 @@ Parquet job with it.
 
 Each actor loads the model once and gives onnxruntime as many threads as Ray gave it CPUs
 (never the host's core count: N actors each spinning a pool of every core would oversubscribe
-the node). The text column goes in, an `embedding` column (fixed_size_list<float32>[dim]) comes
-out, and every other column (ids) is kept. Needs the `ray` extra: pip install "e5-onnx[ray]".
+the node). The text column goes in, an `embedding` column (fixed_size_list<float32>[dim], or
+with `precision` the compact codes as `e5-onnx embed` writes them to Parquet) comes out, and
+every other column (ids) is kept. Needs the `ray` extra: pip install "e5-onnx[ray]".
 """
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ..compact import DTYPES, width
 from ..embedder import Embedder, resolve_model_dir
 from ..extras import MissingExtraError
 from .io import import_pyarrow
@@ -47,8 +51,11 @@ class EmbedBatch:
 
     def __init__(self, model: str, variant: str | None = None, text_column: str = "text",
                  embedding_column: str = "embedding", prefix: str = "none", long_text: str = "truncate",
-                 threads: int | None = None, keep_text: bool = False, backend: str | None = None) -> None:
+                 threads: int | None = None, keep_text: bool = False, backend: str | None = None,
+                 precision: str = "float32") -> None:
         self.embedder = Embedder(model, variant, backend=backend, threads=threads or actor_cpus(), long_text=long_text)
+        self.embedder.compact_params(precision)  # a bad precision or an export without its parameters fails here
+        self.precision = precision
         self.prefix = {"none": "", "query": self.embedder.query_prefix, "passage": self.embedder.passage_prefix}[prefix]
         self.text_column, self.embedding_column, self.keep_text = text_column, embedding_column, keep_text
 
@@ -57,16 +64,17 @@ class EmbedBatch:
         if isinstance(batch, dict):
             texts = [str(t) for t in batch[self.text_column]]
             out = {k: v for k, v in batch.items() if self.keep_text or k != self.text_column}
-            out[self.embedding_column] = self.embedder.encode([self.prefix + t for t in texts])
+            out[self.embedding_column] = self.embedder.encode([self.prefix + t for t in texts], precision=self.precision)
             return out
         pa = import_pyarrow()
         column = batch.column(self.text_column)
         if column.null_count:
             raise ValueError(f"column {self.text_column!r} holds {column.null_count} null values")
-        vectors = self.embedder.encode([self.prefix + t for t in column.to_pylist()])
+        vectors = self.embedder.encode([self.prefix + t for t in column.to_pylist()], precision=self.precision)
         if not self.keep_text:
             batch = batch.drop_columns([self.text_column])
-        embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), self.embedder.dim)
+        flat = pa.array(np.ascontiguousarray(vectors, dtype=DTYPES[self.precision]).reshape(-1))
+        embedding = pa.FixedSizeListArray.from_arrays(flat, width(self.precision, self.embedder.dim))
         return batch.append_column(self.embedding_column, embedding)
 
 
@@ -105,6 +113,8 @@ def run_job(args: argparse.Namespace) -> int:
     if args.id_column is not None and args.id_column == args.text_column:
         raise ValueError("--id-column and --text-column name the same column")
     model = str(resolve_model_dir(args.model)) if args.model else None  # a bad model fails here, not on the cluster
+    if args.precision != "float32":  # so does an export without the precision's parameters
+        Embedder(model, args.variant, backend=args.backend, threads=1).compact_params(args.precision)
     local_out = "://" not in args.output
     if local_out:
         out = Path(args.output)
@@ -127,7 +137,7 @@ def run_job(args: argparse.Namespace) -> int:
         actors = args.actors or max(1, int(ray.cluster_resources().get("CPU", 1)) // args.cpus_per_actor)
         embedded = embed_dataset(ds, model, actors=actors, cpus_per_actor=args.cpus_per_actor,
                                  batch_size=args.chunk_size, variant=args.variant, backend=args.backend, text_column=args.text_column,
-                                 prefix=args.prefix, long_text=args.long_text)
+                                 prefix=args.prefix, long_text=args.long_text, precision=args.precision)
         write_parquet(embedded, args.output)
         rows = pa.parquet.ParquetDataset(args.output).read(columns=[]).num_rows if local_out else "?"
     finally:
