@@ -2,7 +2,8 @@
 
 For each model, every variant below embeds single texts (short STSb queries; mid-length SciFact
 passages cut to ~100 tokens) one call each, and the bench's 64-text mix at batch 32, in rounds
-that rotate the variants' order; p50 / p99 per kind, texts/s, the load average of every round.
+that rotate the variants' order (each variant's calls as one block, after a pause and untimed
+calls: a session's pool keeps spinning after a call and would slow the next variant's); p50 / p99 per kind, texts/s, the load average of every round.
 The onnxruntime variants also report kernels per short query (onnxruntime's profiler) and how
 far their vectors sit from the default's (bit-identical rows; min cosine), alone and in a batch.
 
@@ -37,6 +38,7 @@ ORT_VARIANTS = {  # name -> (graph transform, threads, spinning)
     "int8": (None, 2, True), "int8-unfused": ("unfuse", 2, True), "int8-mmitf": ("unfuse_attention", 2, True),
     "int8-1thread": (None, 1, True), "int8-nospin": (None, 2, False)}
 OV_VARIANTS = ("ov-bf16", "ov-bf16-2t")
+SETTLE_S, WARM_CALLS = 0.05, 3  # before each variant's block of timed calls
 
 
 def variant_graph(export: Path, transform: str | None, tmp: Path) -> Path:
@@ -110,13 +112,15 @@ def timed_rounds(encoders: dict, kinds: dict[str, list[str]], mix: list[str], ro
     for r in range(rounds):
         order = list(encoders)[r % len(encoders):] + list(encoders)[:r % len(encoders)]
         loads.append(os.getloadavg()[0])
-        for kind, texts in kinds.items():
-            for i in range(calls):
-                text = texts[(r * calls + i) % len(texts)]
-                for name in order:  # query by query, so a burst of load hits every variant alike
+        for name in order:  # a block of calls per variant: another session's spinning threads
+            time.sleep(SETTLE_S)  # would slow this one's calls (onnxruntime spins after each call)
+            for kind, texts in kinds.items():
+                for i in range(-WARM_CALLS, calls):
+                    text = texts[(r * calls + i) % len(texts)]
                     t = time.perf_counter()
                     encoders[name].encode([text])
-                    out[name][kind].append(time.perf_counter() - t)
+                    if i >= 0:
+                        out[name][kind].append(time.perf_counter() - t)
         for name in order:
             t = time.perf_counter()
             encoders[name].encode(mix)
