@@ -8,7 +8,7 @@ from e5_onnx import Embedder
 from e5_onnx.session import EncoderSession
 from export import fuse
 
-from .test_determinism import TEXTS
+from .test_determinism import INVARIANT_COSINE, TEXTS
 
 
 def unfused_embedder(export, tmp_path, threads=None) -> Embedder:
@@ -54,3 +54,16 @@ def test_fuse_then_unfuse_restores_the_graph(minilm_export):
     assert sum(counts.values()) - sum(fused.values()) == 15 * layers
     again = onnx.ModelProto.FromString(model.SerializeToString())
     assert fuse.fuse(again) == {"MatMulIntegerToFloat": 4 * layers, "QAttention": layers}
+
+
+def test_thread_count_and_spinning_do_not_change_a_vector(minilm_export):
+    """The single-query levers docs/benchmarks.md measures (one thread, spinning off) change where
+    the kernels run, not what they compute: a text's vector stays its vector (batch-invariance bound)."""
+    default = Embedder(minilm_export, threads=2)
+    alone = np.concatenate([default.encode([t]) for t in TEXTS])
+    for emb in (Embedder(minilm_export, threads=1), Embedder(minilm_export, threads=2, spinning=False)):
+        single = np.concatenate([emb.encode([t]) for t in TEXTS])
+        emb.batch_size, emb.max_batch_tokens = 7, 8192
+        for rows in (single, emb.encode(TEXTS)):
+            cos = np.sum(alone.astype(np.float64) * rows, axis=1)
+            assert cos.min() >= INVARIANT_COSINE, (int(cos.argmin()), float(cos.min()))
