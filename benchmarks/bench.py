@@ -30,7 +30,8 @@ from .measure import (error_text, load_systems, measure_cold, measure_latency, m
                       summarize)
 from .mix import SEED, describe, measure_tokens, text_mix
 from .profile import limits, profile_model
-from .report import ROOT_DIR, goals, machine, markdown, write_report
+from .harness import machine, write_report
+from .report import ROOT_DIR, goals, markdown
 from .roofline import bf16_result, load_bf16_roofline, load_roofline
 from .systems import PEERS, SYSTEMS, model_files, systems_for
 

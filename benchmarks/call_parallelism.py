@@ -28,7 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .data import ROOT
-from .serve import machine, model_dir, workloads
+from .harness import machine, machine_line, model_dir
+from .http_load import workloads
 
 LIST_SIZES = (1, 4, 16, 64, 0)  # 0: every text in one encode call
 
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     base = list(settings)[0]
-    lines = [f"{res['started']}, {res['machine']['cpu']}, {cores} cores, {args.model}, {args.texts} texts per "
+    lines = [f"{res['started']}, {machine_line(res['machine'])}; {cores} cores used, {args.model}, {args.texts} texts per "
              f"workload, medians of {args.rounds} rounds, load average at the end {res['loadavg_end'][0]:.1f}; "
              f"`python -m benchmarks.call_parallelism --model {args.model} --rounds {args.rounds}`"]
     for workload, by_setting in rates.items():

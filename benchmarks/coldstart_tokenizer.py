@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     from .assets import export_dir, work_dir
     from .coldstart import cold_start
     from .measure import rotate
-    from .report import machine
+    from .harness import machine
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="me5")
@@ -192,8 +192,10 @@ def main(argv: list[str] | None = None) -> dict:
 def markdown(res: dict) -> str:
     import statistics
 
+    from .harness import machine_line
+
     m, med = res["machine"], res["median"]
-    lines = [f"Machine: {m['cpu']}, {m['cores_available']} cores, load average {m['loadavg_start'][0]:.1f} at the "
+    lines = [f"Machine: {machine_line(m)}; load average {m['loadavg_start'][0]:.1f} at the "
              f"start, {res['loadavg_end'][0]:.1f} at the end; tokenizers {m['versions']['tokenizers']}, onnxruntime "
              f"{m['versions']['onnxruntime']}. `{res['command']}`, medians of {res['reps']} fresh processes per row, "
              "interleaved.", "",

@@ -10,10 +10,15 @@ every row below derives from those same floats with e5_onnx.compact / e5_onnx.se
 - int8 codes: query and docs as int8 codes (the export's fixed ranges), scored by the codes' inner
   product, as a store of int8 vectors scores them (sentence-transformers + usearch "i8");
 - int8, float query: the float query against the int8 docs' dequantized values;
+- the same two with per-dimension min/max ranges of the calibration texts (exports made before
+  the one-step ranges; recomputed here from export/calibration.py's texts);
 - binary: Hamming distance between packed sign bits (query binary too);
 - binary + rescore: Hamming top 4k, then the float query against the docs' +-1 bits, top k;
-- binary + int8 rescore: Hamming top 4k, then the float query against the docs' int8 codes.
-For the rescoring rows, nDCG@10 comes from k = 10 (40 candidates), Recall@100 from k = 100 (400).
+- binary + int8 rescore: Hamming top 4k, then the float query against the docs' int8 codes;
+- binary-centred ...: the same with bits of x > the export's centre (compact.py), Hamming top 4k
+  or 10k; "scan" takes the first stage from the float query (minus the centre) against every
+  doc's +-1 bits (search.rescore without candidates) instead of Hamming.
+For the rescoring rows, nDCG@10 comes from k = 10 (4k or 10k candidates), Recall@100 from k = 100.
 STSb: cosine of the two sentences' dequantized vectors (1 - 2 Hamming / dim for bits).
 
 Search time: all queries against the whole corpus, top 100, best of --repeats, side by side in one
@@ -37,16 +42,23 @@ from e5_onnx import Embedder
 from e5_onnx.compact import dequantize, quantize, row_bytes
 from e5_onnx.search import hamming_distances, hamming_topk, rescore
 
+from export.calibration import ranges_texts
+
 from .assets import export_dir, work_dir
 from .data import ROOT
-from .report import machine, write_report
+from .harness import machine, write_report
 from .tasks import scifact_task, sts_task
 
 # nDCG@10 drop vs float32, points (the issue's: int8 <= 0.5, binary + rescoring <= 1)
-GOALS = {"int8 codes": 0.5, "int8, float query": 0.5, "binary + rescore": 1.0, "binary + int8 rescore": 1.0}
-ROWS = ("float32", "int8 codes", "int8, float query", "binary", "binary + rescore", "binary + int8 rescore")
-BYTES = {"float32": "float32", "int8 codes": "int8", "int8, float query": "int8", "binary": "binary",
-         "binary + rescore": "binary", "binary + int8 rescore": "binary"}
+GOALS = {"int8 codes": 0.5, "int8, float query": 0.5, "binary + rescore": 1.0, "binary + int8 rescore": 1.0,
+         "binary-centred + int8 rescore": 1.0, "binary-centred + int8 rescore 10k": 1.0,
+         "binary-centred scan + int8 rescore": 1.0, "binary-centred scan + int8 rescore 10k": 1.0}
+MINMAX = ("int8 codes, min/max ranges", "int8, float query, min/max ranges")
+ROWS = ("float32", "int8 codes", "int8, float query") + MINMAX + (
+        "binary", "binary + rescore", "binary + int8 rescore", "binary-centred", "binary-centred + rescore",
+        "binary-centred + int8 rescore", "binary-centred + int8 rescore 10k", "binary-centred scan + int8 rescore",
+        "binary-centred scan + int8 rescore 10k")
+BYTES = {r: "float32" if r == "float32" else "int8" if r.startswith("int8") else "binary" for r in ROWS}
 
 
 def embeddings(model: str, quick: bool) -> tuple[Embedder, dict]:
@@ -73,41 +85,63 @@ def embeddings(model: str, quick: bool) -> tuple[Embedder, dict]:
     return embedder, out
 
 
-def retrieval(q: np.ndarray, d: np.ndarray, ranges: np.ndarray, k: int) -> dict[str, np.ndarray]:
-    """Each row's top-k doc indices, (Q, k)."""
+def retrieval(q: np.ndarray, d: np.ndarray, p: dict, k: int) -> dict[str, np.ndarray]:
+    """Each row's top-k doc indices, (Q, k). `p`: the export's ranges and centre, and min/max ranges."""
     def top(scores):
         return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
+    ranges, centre, minmax = p["ranges"], p["centre"], p["minmax"]
     qi, di = quantize(q, "int8", ranges), quantize(d, "int8", ranges)
+    qm, dm = quantize(q, "int8", minmax), quantize(d, "int8", minmax)
     qb, db = quantize(q, "ubinary"), quantize(d, "ubinary")
-    d_int8 = dequantize(di, "int8", ranges)
+    qc, dc = quantize(q, "ubinary-centred", centre=centre), quantize(d, "ubinary-centred", centre=centre)
     cand = hamming_topk(qb, db, 4 * k)[1]
+    cand_c = {m: hamming_topk(qc, dc, m * k)[1] for m in (4, 10)}
+    scan = {m: rescore(q, None, dc, "ubinary-centred", k=m * k, centre=centre)[1] for m in (4, 10)}
+
+    def int8_rescore(c):
+        return rescore(q, c, di, "int8", ranges, k=k)[1]
+
     return {
         "float32": top(q @ d.T),
         "int8 codes": top(qi.astype(np.float32) @ di.astype(np.float32).T),
-        "int8, float query": top(q @ d_int8.T),
+        "int8, float query": top(q @ dequantize(di, "int8", ranges).T),
+        "int8 codes, min/max ranges": top(qm.astype(np.float32) @ dm.astype(np.float32).T),
+        "int8, float query, min/max ranges": top(q @ dequantize(dm, "int8", minmax).T),
         "binary": hamming_topk(qb, db, k)[1],
         "binary + rescore": rescore(q, cand, db, "ubinary", k=k)[1],
-        "binary + int8 rescore": rescore(q, cand, di, "int8", ranges, k=k)[1],
+        "binary + int8 rescore": int8_rescore(cand),
+        "binary-centred": hamming_topk(qc, dc, k)[1],
+        "binary-centred + rescore": rescore(q, cand_c[4], dc, "ubinary-centred", k=k, centre=centre)[1],
+        "binary-centred + int8 rescore": int8_rescore(cand_c[4]),
+        "binary-centred + int8 rescore 10k": int8_rescore(cand_c[10]),
+        "binary-centred scan + int8 rescore": int8_rescore(scan[4]),
+        "binary-centred scan + int8 rescore 10k": int8_rescore(scan[10]),
     }
 
 
-def sts_cosines(a: np.ndarray, b: np.ndarray, ranges: np.ndarray) -> dict[str, np.ndarray]:
+def sts_cosines(a: np.ndarray, b: np.ndarray, p: dict) -> dict[str, np.ndarray]:
     def cos(x, y):
         return np.sum(x * y, axis=1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
 
-    deq = [dequantize(quantize(x, "int8", ranges), "int8", ranges) for x in (a, b)]
-    ham = np.diag(hamming_distances(quantize(a, "ubinary"), quantize(b, "ubinary"))) if len(a) else np.zeros(0)
-    binary = 1 - 2 * ham / a.shape[1]
-    ia, ib = (quantize(x, "int8", ranges).astype(np.float32) for x in (a, b))
-    return {"float32": cos(a, b), "int8 codes": cos(ia, ib), "int8, float query": cos(*deq),
-            "binary": binary, "binary + rescore": binary, "binary + int8 rescore": binary}
+    def hamming_cos(precision):
+        qa, qb = (quantize(x, precision, centre=p["centre"]) for x in (a, b))
+        return 1 - 2 * (np.diag(hamming_distances(qa, qb)) if len(a) else np.zeros(0)) / a.shape[1]
+
+    out = {"float32": cos(a, b)}
+    for suffix, r in (("", p["ranges"]), (", min/max ranges", p["minmax"])):
+        out["int8 codes" + suffix] = cos(*(quantize(x, "int8", r).astype(np.float32) for x in (a, b)))
+        out["int8, float query" + suffix] = cos(*(dequantize(quantize(x, "int8", r), "int8", r) for x in (a, b)))
+    binary, centred = hamming_cos("ubinary"), hamming_cos("ubinary-centred")
+    return out | {r: centred if r.startswith("binary-centred") else binary for r in ROWS if r.startswith("binary")}
 
 
-def search_times(q: np.ndarray, d: np.ndarray, ranges: np.ndarray, repeats: int, k: int = 100) -> dict[str, float]:
+def search_times(q: np.ndarray, d: np.ndarray, p: dict, repeats: int, k: int = 100) -> dict[str, float]:
     """Seconds for all queries against all docs, top k, best of `repeats`, interleaved."""
-    qi, di = quantize(q, "int8", ranges), quantize(d, "int8", ranges)
+    ranges, centre = p["ranges"], p["centre"]
+    di = quantize(d, "int8", ranges)
     qb, db = quantize(q, "ubinary"), quantize(d, "ubinary")
+    dc = quantize(d, "ubinary-centred", centre=centre)
 
     def topk(scores):
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
@@ -119,6 +153,8 @@ def search_times(q: np.ndarray, d: np.ndarray, ranges: np.ndarray, repeats: int,
         "binary (e5_onnx.search.hamming_topk)": lambda: hamming_topk(qb, db, k),
         "binary + int8 rescore (hamming_topk 4k + rescore)": lambda: rescore(q, hamming_topk(qb, db, 4 * k)[1], di,
                                                                             "int8", ranges, k=k),
+        "binary-centred scan 4k + int8 rescore (rescore without candidates, then rescore)": lambda: rescore(
+            q, rescore(q, None, dc, "ubinary-centred", k=4 * k, centre=centre)[1], di, "int8", ranges, k=k),
     }
     try:
         import faiss
@@ -137,35 +173,38 @@ def search_times(q: np.ndarray, d: np.ndarray, ranges: np.ndarray, repeats: int,
     return best
 
 
-def scaled_times(q: np.ndarray, ranges: np.ndarray, n: int, repeats: int) -> dict[str, float]:
-    """search_times over n random unit vectors (seeded) with the model's queries and ranges."""
+def scaled_times(q: np.ndarray, p: dict, n: int, repeats: int) -> dict[str, float]:
+    """search_times over n random unit vectors (seeded) with the model's queries and parameters."""
     d = np.random.default_rng(0).standard_normal((n, q.shape[1]), dtype=np.float32)
     d /= np.linalg.norm(d, axis=1, keepdims=True)
-    return search_times(q, d, ranges, repeats)
+    return search_times(q, d, p, repeats)
 
 
 def measure(model: str, quick: bool, repeats: int, scale_docs: int = 0) -> dict:
     embedder, data = embeddings(model, quick)
-    ranges, model_dir, dim, manifest = embedder.compact_ranges(), embedder.model_dir, embedder.dim, embedder.manifest
+    calibration = embedder.encode(ranges_texts(embedder.query_prefix, embedder.passage_prefix))
+    p = {"ranges": embedder.compact_ranges(), "centre": embedder.compact_centre(),
+         "minmax": np.vstack([calibration.min(0), calibration.max(0)]).astype(np.float32)}
+    model_dir, dim, manifest = embedder.model_dir, embedder.dim, embedder.manifest
     del embedder  # its onnxruntime threads must not spin beside the timed searches
     rows: dict[str, dict] = {r: {"bytes per vector": row_bytes(BYTES[r], dim)} for r in ROWS}
     per_query: dict[str, list] = {}
     for name, (task, e) in data.items():
         if task.kind == "retrieval":
-            tops = {k: retrieval(e["queries"], e["docs"], ranges, k) for k in (10, 100)}
+            tops = {k: retrieval(e["queries"], e["docs"], p, k) for k in (10, 100)}
             for r in ROWS:
                 at10, at100 = task.score_top(tops[10][r]), task.score_top(tops[100][r])
                 rows[r][f"{name} nDCG@10"] = at10["nDCG@10"]
                 rows[r][f"{name} Recall@100"] = at100["Recall@100"]
                 per_query[r] = at10["nDCG@10 per query"]
-            times = search_times(e["queries"], e["docs"], ranges, repeats)
-            scaled = scaled_times(e["queries"], ranges, scale_docs, max(1, repeats // 2)) if scale_docs else {}
+            times = search_times(e["queries"], e["docs"], p, repeats)
+            scaled = scaled_times(e["queries"], p, scale_docs, max(1, repeats // 2)) if scale_docs else {}
             corpus = {"queries": len(e["queries"]), "docs": len(e["docs"])}
         else:
             from scipy.stats import spearmanr
 
             gold = np.array(_gold(task.name, quick))
-            for r, cos in sts_cosines(e["a"], e["b"], ranges).items():
+            for r, cos in sts_cosines(e["a"], e["b"], p).items():
                 rows[r][f"{name} Spearman"] = 100 * float(spearmanr(cos, gold).statistic)
     ref = np.array(per_query["float32"])
     for r in ROWS:  # paired standard error of the per-query nDCG@10 difference to float32

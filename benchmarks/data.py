@@ -31,6 +31,12 @@ def stsb(lang: str = "en", split: str = "test") -> list[tuple[str, str, float]]:
         return [(a, b, float(s)) for a, b, s in csv.reader(f)]
 
 
+def stsb_sentences(lang: str = "en", splits: tuple[str, ...] = ("test",)) -> list[str]:
+    """Every distinct STSb sentence of the splits (both sides of each pair), sorted: a fixed list
+    for seeded samples."""
+    return sorted({s for split in splits for a, b, _ in stsb(lang, split) for s in (a, b)})
+
+
 def scifact(split: str = "test") -> tuple[dict[str, dict], dict[str, str], dict[str, dict[str, int]]]:
     """corpus {doc_id: {title, text}}, the split's queries {qid: text}, qrels {qid: {doc_id: relevance}}."""
     base = shared_dir() / "data" / "scifact"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shlex
 import shutil
@@ -27,7 +26,8 @@ import time
 from pathlib import Path
 
 from .assets import export_dir
-from .data import ROOT, scifact_passages, stsb
+from .data import ROOT, scifact_passages, stsb_sentences
+from .harness import machine, machine_line
 
 ENCODE = """
 import sys, numpy as np
@@ -39,7 +39,7 @@ np.save(sys.argv[4], model.encode(texts))
 
 
 def sentences() -> list[str]:
-    return sorted({s for split in ("test", "dev") for a, b, _ in stsb("en", split) for s in (a, b)})
+    return stsb_sentences("en", ("test", "dev"))
 
 
 def mixed(n: int) -> list[str]:
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     try:
         result = {"command": "python -m benchmarks.embed_job " + shlex.join(sys.argv[1:] if argv is None else argv),
-                  "started": started, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+                  "started": started, "machine": machine(),
                   "load_average_at_start": os.getloadavg(), "model": args.model, "variant": "int8",
                   "threads": args.threads}
         if args.texts:
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(r: dict) -> str:
-    lines = [f"# e5-onnx embed as a corpus job ({r['started']})", "", f"`{r['command']}`; {r['machine']}; model {r['model']} "
+    lines = [f"# e5-onnx embed as a corpus job ({r['started']})", "", f"`{r['command']}`; {machine_line(r['machine'])}; model {r['model']} "
              f"INT8, {r['threads']} threads; load average {r['load_average_at_start']} at start, "
              f"{r.get('load_average_at_end')} at end."]
     if "throughput" in r:

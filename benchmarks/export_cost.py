@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from .data import ROOT, shared_dir
-from .report import machine, write_report
+from .harness import machine, machine_line, proc_status_mb, reset_peak_rss, write_report
 
 RESULTS = ROOT / "benchmarks" / "results"
 MODELS = ("me5", "minilm")
@@ -73,21 +73,15 @@ class StageMeter:
         self.name = "start"
         self._reset()
 
-    @staticmethod
-    def _status() -> dict[str, int]:
-        with open("/proc/self/status") as f:
-            return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f) if k in ("VmHWM", "VmRSS")}
-
     def _reset(self) -> None:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # VmHWM := VmRSS
+        reset_peak_rss()
         self.started = time.perf_counter()
 
     def mark(self, name: str) -> None:
         """End the current stage (recording it) and start one called `name`."""
-        s = self._status()
+        peak, now = proc_status_mb("VmHWM"), proc_status_mb("VmRSS")
         self.stages.append({"stage": self.name, "seconds": round(time.perf_counter() - self.started, 1),
-                            "peak_rss_mb": round(s["VmHWM"] / 1024), "rss_after_mb": round(s["VmRSS"] / 1024)})
+                            "peak_rss_mb": round(peak), "rss_after_mb": round(now)})
         self.name = name
         self._reset()
 
@@ -145,7 +139,7 @@ def markdown(res: dict) -> str:
     lines = [
         "# Export cost: wall time and peak RSS",
         "",
-        f"`python -m benchmarks.export_cost` on {m['cpu']}, {m['cores_available']} cores, {m['memory']}, "
+        f"`python -m benchmarks.export_cost` on {machine_line(m)}; {m['memory']}, "
         f"{m['platform']}, {res['date']}, load average {', '.join(f'{x:.1f}' for x in m['loadavg_start'])}.",
         "Peak RSS of the whole command: its ru_maxrss (as `/usr/bin/time -v`); per stage: VmHWM "
         "between the exporter's log messages, reset at each (in a second, in-process run).",

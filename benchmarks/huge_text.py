@@ -19,6 +19,7 @@ import sys
 import time
 
 from .data import ROOT, scifact_passages
+from .harness import proc_status_mb, reset_peak_rss
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -34,16 +35,6 @@ def build_text(megabytes: float) -> str:
     return "\n".join(parts)[:n]
 
 
-def status_mb(field: str) -> float:
-    """VmRSS (now) or VmHWM (peak) of this process: unlike ru_maxrss, VmHWM is not inherited
-    across fork + exec from a big parent (this script's parent exports models in-process)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise KeyError(field)
-
-
 def one(model_dir: str, megabytes: float, path: str) -> dict:
     """Runs in the child process."""
     import numpy as np
@@ -54,16 +45,17 @@ def one(model_dir: str, megabytes: float, path: str) -> dict:
     model = Embedder(model_dir)
     text = build_text(megabytes)
     model.encode(["warm up"])
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current RSS: the peak below is the call's own
-    before = status_mb("VmRSS")
+    # VmHWM, not ru_maxrss (which a child inherits from this script's parent, that exports models
+    # in-process), reset to the current RSS: the peak below is the call's own
+    reset_peak_rss()
+    before = proc_status_mb("VmRSS")
     start = time.perf_counter()
     [enc] = model.tokenizer.encode([text], head_only=(path == "cut"))
     tokenised = time.perf_counter() - start
     batch = next(model.tokenizer.batch_encodings([enc], 1, model.max_length))
     vector = mean_pool_normalize(model.session.run(batch.input_ids, batch.attention_mask), batch.attention_mask)[0]
     seconds = time.perf_counter() - start
-    peak = status_mb("VmHWM")
+    peak = proc_status_mb("VmHWM")
     return {"chars": len(text), "seconds": round(seconds, 4), "tokenise_seconds": round(tokenised, 4),
             "rss_before_mb": round(before, 1), "peak_rss_mb": round(peak, 1),
             "peak_growth_mb": round(peak - before, 1), "ids": enc.ids, "truncated": bool(enc.overflowing),
@@ -84,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULTS / "huge_text"))
     args = p.parse_args(argv)
     from .assets import export_dir
-    from .report import machine
+    from .harness import machine
 
     rows = []
     for name in args.models:

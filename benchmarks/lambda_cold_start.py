@@ -35,11 +35,12 @@ import venv
 import zipfile
 from pathlib import Path
 
-from e5_onnx.bundle import MB, build_lambda_bundle, host_python, requirements
-from e5_onnx.prune import tree_bytes
+from e5_onnx.aws.bundle import MB, build_lambda_bundle, host_python, requirements
+from e5_onnx.aws.prune import tree_bytes
 
 from .assets import export_dir, work_dir
 from .data import ROOT
+from .harness import machine, machine_line
 from .lambda_sandbox import LAMBDA_INIT_LIMIT_S, debian_root, extract, host_python313, run_events, runtime_client
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -178,7 +179,7 @@ def runtime_client_init(export: Path, rounds: int, wheels: Path, work: Path) -> 
 
 def markdown(result: dict) -> str:
     lines = ["# Lambda bundle: cold start, peak RSS, sizes", "",
-             f"`{result['command']}` on {result['machine']}, {result['date']}, load average "
+             f"`{result['command']}` on {machine_line(result['machine'])}{', ' + result['arch'] if 'arch' in result else ''}, {result['date']}, load average "
              f"{', '.join(f'{x:.1f}' for x in result['load_average'])}; medians of {result['rounds']} rounds, "
              "each a fresh process: import + model load + first event (one query).", ""]
     for model, m in result["models"].items():
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     wheels.mkdir(parents=True, exist_ok=True)
     result = {
         "command": "python -m benchmarks.lambda_cold_start " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "machine": machine(), "arch": platform.machine(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_average": os.getloadavg(),
         "rounds": args.rounds,

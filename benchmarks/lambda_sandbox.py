@@ -19,7 +19,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from e5_onnx.bundle import pip_platform_args
+from e5_onnx.aws.bundle import pip_platform_args
 
 from .data import ROOT
 from .lambda_runtime_api import RuntimeApi

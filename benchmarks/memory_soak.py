@@ -18,15 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .harness import proc_status_mb
+
 CONFIGS = ("ort-defaults", "e5-onnx")
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 def worker(model_dir: str, config: str, batches: int, seed: int, threads: int) -> dict:
@@ -48,7 +42,7 @@ def worker(model_dir: str, config: str, batches: int, seed: int, threads: int) -
         ids = rng.integers(1000, 20000, size=(n, length), dtype=np.int64)
         model.session.run(ids, np.ones_like(ids))
         if (i + 1) % max(1, batches // 20) == 0:
-            samples.append({"batch": i + 1, "rss_mb": round(rss_mb(), 1), "seconds": round(time.perf_counter() - start, 1)})
+            samples.append({"batch": i + 1, "rss_mb": round(proc_status_mb("VmRSS"), 1), "seconds": round(time.perf_counter() - start, 1)})
     return {"config": config, "samples": samples}
 
 

@@ -13,10 +13,10 @@ def text_mix(n: int) -> list[str]:
     """n texts, seeded: half STSb-en test sentences as queries, half SciFact passages, shuffled."""
     import random
 
-    from .data import scifact_passages, stsb
+    from .data import scifact_passages, stsb_sentences
 
     rng = random.Random(SEED)
-    sentences = sorted({s for a, b, _ in stsb("en", "test") for s in (a, b)})
+    sentences = stsb_sentences()
     passages = scifact_passages()
     texts = ["query: " + s for s in rng.sample(sentences, n // 2)]
     texts += ["passage: " + p for p in rng.sample(passages, n - n // 2)]

@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 
 from .assets import export_dir, source_dir  # noqa: E402
 from .data import ROOT, scifact, stsb  # noqa: E402
-from .report import machine, write_report  # noqa: E402
+from .harness import machine, machine_line, version, write_report  # noqa: E402
 
 MODELS = ("minilm", "me5")
 SYSTEMS = ("torch", "fp32", "int8")
@@ -257,25 +257,16 @@ def main(argv: list[str] | None = None) -> int:
     previous = json.loads(out.read_text()) if out.is_file() else {}
     report = {"command": "python -m benchmarks.mteb " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
               "machine": machine(), "quick": args.quick, "protocol": __doc__.split("\n\n")[1],
-              "mteb": _version("mteb"), "sentence-transformers": _version("sentence-transformers"),
+              "mteb": version("mteb"), "sentence-transformers": version("sentence-transformers"),
               "models": dict(previous.get("models", {}))}
     for model in models:
         started = time.time()
         report["models"][model] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), **run_model(model, args.quick, systems, subsets)}
         report["models"][model]["seconds"] = round(time.time() - started, 1)
         report["machine"]["loadavg_end"] = os.getloadavg()
-        write_report(str(out), report, f"Command: `{report['command']}`; {report['machine']['cpu']}, "
-                     f"{report['machine']['cores_available']} cores.\n\n" + table(report["models"]))
+        write_report(str(out), report, f"Command: `{report['command']}`; {machine_line(report['machine'])}.\n\n"
+                     + table(report["models"]))
     return 0
-
-
-def _version(name: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 if __name__ == "__main__":

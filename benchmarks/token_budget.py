@@ -23,8 +23,9 @@ import numpy as np
 from .assets import export_dir
 from .measure import rotate
 from .mix import text_mix
-from .report import ROOT_DIR, machine, write_report
-from .data import scifact_passages, stsb
+from .harness import machine, machine_line, write_report
+from .report import ROOT_DIR
+from .data import scifact_passages, stsb_sentences
 
 BUDGETS = [256, 512, 1024, 2048, 4096, 8192]
 SHAPES = [(n, length) for n in (1, 2, 4, 8, 16, 32) for length in (8, 16, 32, 64, 128, 256, 512) if n * length <= 4096]
@@ -53,7 +54,7 @@ def shape_costs(model: str, variant: str, rounds: int, threads: int) -> dict[str
 
 
 def text_sets() -> dict[str, list[str]]:
-    sentences = sorted({s for a, b, _ in stsb("en", "test") for s in (a, b)})
+    sentences = stsb_sentences()
     return {
         "queries": ["query: " + s for s in sentences[:256]],
         "passages": ["passage: " + p for p in scifact_passages()[:64]],
@@ -97,7 +98,7 @@ def run(model: str, variant: str, budgets: list[int], rounds: int, threads: int,
 
 
 def markdown(res: dict) -> str:
-    lines = [f"Machine: {res['machine'].get('cpu', '?')}, {res['threads']} threads; {res['date']}. "
+    lines = [f"Machine: {machine_line(res['machine'])}; {res['threads']} threads; {res['date']}. "
              f"Command: `{res['command']}`", ""]
     for key, r in res["runs"].items():
         budgets = list(next(iter(r["sets"].values()))["median_texts_per_s"])

@@ -251,17 +251,40 @@ def _export_into(staging, source_dir, source, name, query_prefix, passage_prefix
     return manifest
 
 
+# Headroom of the int8 scale over the calibration vectors' largest |value|: SciFact documents
+# went past min/max of the 107 calibration texts in 3% of their values (benchmarks/compact.py).
+RANGE_MARGIN = 1.25
+
+
+def compact_params(emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ranges, centre) from the calibration texts' embeddings (rows, dim).
+
+    ranges: (2, dim) float32, one step s = RANGE_MARGIN * max|value| / 127 in every dimension and
+    the buckets centred on 0 ([-128.5 s, 126.5 s]: sentence-transformers' floor((x - lo) / step)
+    then rounds x / s to the nearest integer). A plain integer dot product of two codes is then
+    q . d / s^2 up to rounding, for every dimension alike; per-dimension min/max ranges weight
+    each dimension by 1 / step_j^2 and centre it, which cost E5 3 nDCG@10 points (docs/compact.md).
+    centre: (dim,) float32 per-dimension mean, the threshold of the centred bits."""
+    step = RANGE_MARGIN * float(np.abs(emb).max()) / 127
+    ranges = np.vstack([np.full(emb.shape[1], -128.5 * step), np.full(emb.shape[1], 126.5 * step)])
+    return ranges.astype(np.float32), emb.mean(axis=0).astype(np.float32)
+
+
 def write_ranges(model_dir: Path, texts: list[str]) -> dict:
-    """Per-dimension [min; max] of each variant's embeddings of `texts`, saved as ranges_<variant>.npy
-    ((2, dim) float32: sentence-transformers' `ranges`); the manifest's "compact" entry for them.
-    Fixed here, once, so a text's int8 code never depends on the batch it is embedded in."""
-    files = {}
+    """Each variant's compact parameters from `texts` (compact_params), saved as ranges_<variant>.npy
+    ((2, dim) float32: sentence-transformers' `ranges`) and centre_<variant>.npy ((dim,) float32);
+    the manifest's "compact" entry for them. Fixed here, once, so a text's int8 code or bits never
+    depend on the batch it is embedded in."""
+    files: dict[str, dict[str, str]] = {"ranges": {}, "centre": {}}
     for variant in ("int8", "fp32"):
-        emb = Embedder(model_dir, variant=variant).encode(texts)
-        np.save(model_dir / f"ranges_{variant}.npy", np.vstack([emb.min(axis=0), emb.max(axis=0)]).astype(np.float32))
-        files[variant] = f"ranges_{variant}.npy"
-    return {"ranges": files, "calibration_texts": len(texts),
-            "rule": "per-dimension min and max of the calibration texts' embeddings (export/calibration.py)"}
+        ranges, centre = compact_params(Embedder(model_dir, variant=variant).encode(texts))
+        for kind, value in (("ranges", ranges), ("centre", centre)):
+            files[kind][variant] = f"{kind}_{variant}.npy"
+            np.save(model_dir / files[kind][variant], value)
+    return {**files, "calibration_texts": len(texts),
+            "rule": f"ranges: one int8 step in every dimension, {RANGE_MARGIN} x the largest |value| of the "
+                    "calibration texts' embeddings (export/calibration.py) / 127, buckets centred on 0; centre: "
+                    "their per-dimension mean (the threshold of binary-centred / ubinary-centred)"}
 
 
 def _write_manifest(model_dir: Path, manifest: dict) -> None:

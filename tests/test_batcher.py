@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from e5_onnx import Embedder
-from e5_onnx.batcher import Batcher
+from e5_onnx.serving.batcher import Batcher
 
 
 @pytest.fixture(scope="module")

@@ -213,7 +213,8 @@ def test_unknown_model_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("precision,out", [("int8", "o.npy"), ("uint8", "o.parquet"), ("binary", "o.jsonl"),
-                                           ("ubinary", "o.parquet")])
+                                           ("ubinary", "o.parquet"), ("binary-centred", "o.npy"),
+                                           ("ubinary-centred", "o.jsonl"), ("ubinary-centred", "o.parquet")])
 def test_compact_precisions_in_every_output_format(model_dir, tmp_path, precision, out):
     corpus = texts(7, seed=3)
     (tmp_path / "in.txt").write_text("\n".join(corpus) + "\n")
@@ -245,6 +246,9 @@ def test_bad_precision_is_one_line(model_dir, tmp_path):
     for args, env, want in [(["--precision", "int4"], {}, "unknown --precision 'int4'; choose one of float32, int8"),
                             ([], {"E5_ONNX_PRECISION": "fp16"}, "unknown --precision 'fp16'"),
                             (["--precision", "int8", "-m", old], {}, "records no int8/uint8 ranges"),
+                            (["--precision", "binary-centred", "-m", old], {}, "records no centre"),
+                            (["--precision", "centred"], {}, "choose one of float32, int8, uint8, binary, ubinary, "
+                                                             "binary-centred, ubinary-centred"),
                             (["--precision", "binary", "--ray"], {}, "not supported with --ray")]:
         proc = subprocess.run([sys.executable, "-m", "e5_onnx.cli", "embed", str(tmp_path / "in.txt"), "-o",
                                str(tmp_path / "o.npy"), "-m", str(model_dir), *map(str, args)],

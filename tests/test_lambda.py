@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 
 from e5_onnx import Embedder
-from e5_onnx import bundle as bundle_mod
-from e5_onnx.bundle import build_lambda_bundle
+from e5_onnx.aws import bundle as bundle_mod
+from e5_onnx.aws.bundle import build_lambda_bundle
 
 HOST_ARCH = {"x86_64": "x86_64", "aarch64": "arm64"}[platform.machine()]
 HOST_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -195,6 +195,8 @@ COMPACT = [
      "base64"),
     (rest_v1({"input": TEXTS, "input_type": "query", "embedding_type": "binary"}), ["query: " + t for t in TEXTS],
      "binary", "float"),
+    ({"input": TEXTS, "input_type": "passage", "embedding_type": "ubinary-centred"}, ["passage: " + t for t in TEXTS],
+     "ubinary-centred", "float"),  # the bundle carries the export's centre
 ]
 
 # (event, expected status (None: direct invocation), words the error must contain)
@@ -282,7 +284,7 @@ def test_sandboxed_handler_answers_every_event_like_the_embedder(host_bundle, un
         assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
         assert body["model"] == "all-MiniLM-L6-v2" and body["object"] == "list"
 
-    # a code moves only as far as its float: an int8 code one step at most, a bit only near 0
+    # a code moves only as far as its float: an int8 code one step at most, a bit only near its threshold
     for (event, texts, kind, encoding), answer in zip(COMPACT, out["answers"][len(GOOD):]):
         body = decode(answer)
         want = reference.encode(texts, precision=kind)
@@ -294,7 +296,8 @@ def test_sandboxed_handler_answers_every_event_like_the_embedder(host_bundle, un
             assert np.abs(got.astype(np.int16) - want).max() <= 1, event
         else:
             flipped = np.unpackbits(got.view(np.uint8) ^ want.view(np.uint8), axis=1).astype(bool)
-            assert (np.abs(reference.encode(texts)[flipped]) < 0.0045).all(), event
+            threshold = reference.compact_centre() if kind.endswith("-centred") else 0
+            assert (np.abs(reference.encode(texts) - threshold)[flipped] < 0.0045).all(), event
 
     for (event, status, words), answer in zip(BAD, out["answers"][len(GOOD) + len(COMPACT):]):
         if status is None:
@@ -319,7 +322,7 @@ def test_bundle_is_pruned_compiled_and_world_readable(host_bundle, unpacked):
     assert not top & {"huggingface_hub", "hf_xet", "httpx", "yaml", "google", "bin"}, top
     assert not (unpacked / "e5_onnx" / "export").exists()
     assert sorted(p.name for p in (unpacked / "e5-onnx-model").iterdir()) == [
-        "manifest.json", "model_int8.onnx", "model_int8.onnx.data", "ranges_int8.npy", "tokenizer.json"]
+        "centre_int8.npy", "manifest.json", "model_int8.onnx", "model_int8.onnx.data", "ranges_int8.npy", "tokenizer.json"]
     assert not list(unpacked.glob("onnxruntime/capi/libonnxruntime.so*"))
     # every module has an unchecked-hash .pyc for this interpreter: zip extraction changes mtimes
     tag = sys.implementation.cache_tag
@@ -353,6 +356,9 @@ def test_arm64_layer_bundle_has_only_aarch64_code(tiny_exports, wheels, tmp_path
     with zipfile.ZipFile(b.function_zip) as z:
         names = set(z.namelist())
     assert {"e5_onnx/aws_lambda.py", "e5-onnx-model/model_int8.onnx", "e5-onnx-model/tokenizer.json"} <= names
+    # the handler name's shim and the subpackages it imports (the whole e5_onnx tree is copied, no exporter)
+    assert {"e5_onnx/aws/handler.py", "e5_onnx/serving/openai_api.py", "e5_onnx/_moved.py"} <= names
+    assert not any(n.startswith("e5_onnx/export/") for n in names)
     # no Python 3.12 here: no .pyc, and the build says what that costs
     assert not b.compiled and any("no .pyc" in w and "cold start" in w for w in b.warnings), b.warnings
     assert b.versions["onnxruntime"] and b.unzipped["layer"] > b.unzipped["function"]

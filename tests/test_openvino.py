@@ -171,3 +171,19 @@ def test_openvino_streams_run_encode_batches_side_by_side(minilm_export):
     two = Embedder(minilm_export, "fp32", backend="openvino", threads=2, batch_size=4)
     assert (one.session.streams, two.session.streams) == (1, 2)
     assert np.array_equal(two.encode(TEXTS), one.encode(TEXTS))
+
+
+def test_openvino_sequence_padding_does_not_change_the_real_tokens(minilm_export):
+    """The padding multiple (16; benchmarks/ov_levers.py measures others) only adds masked
+    positions: the real tokens' states are those of exact widths, at fp32 to float rounding."""
+    from e5_onnx.openvino_session import PAD_MULTIPLE, OpenVINOSession
+
+    model = Embedder(minilm_export, "fp32", backend="openvino", threads=1)
+    batch = next(b for b in model.tokenizer.batches(TEXTS, 8, 8192) if b.input_ids.shape[1] % PAD_MULTIPLE)
+    graph = minilm_export / model.manifest["variants"]["fp32"]
+    states = {p: OpenVINOSession(graph, "fp32", threads=1, pad_multiple=p).run(batch.input_ids, batch.attention_mask)
+              for p in (1, PAD_MULTIPLE, 64)}
+    real = batch.attention_mask.astype(bool)
+    for p in (PAD_MULTIPLE, 64):
+        assert states[p].shape == states[1].shape
+        assert np.allclose(states[p][real], states[1][real], atol=1e-4), p

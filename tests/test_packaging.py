@@ -130,6 +130,7 @@ def test_model_package_installs_embeds_verifies_and_uninstalls(runtime_venv, min
         assert "site-packages" in str(m.model_dir), m.model_dir
         np.save("got.npy", m.encode({TEXTS!r}))
         np.save("codes.npy", m.encode({TEXTS!r}, precision="int8"))  # the package carries the int8 ranges
+        np.save("bits.npy", m.encode({TEXTS!r}, precision="ubinary-centred"))  # and the centre
         print(m.model_dir)
     """, cwd=work, env=env)
     from e5_onnx import Embedder
@@ -138,6 +139,10 @@ def test_model_package_installs_embeds_verifies_and_uninstalls(runtime_venv, min
     assert ((np.load(work / "got.npy") * want).sum(1) >= 0.99999).all()
     codes = Embedder(minilm_export).encode(TEXTS, precision="int8")
     assert np.abs(np.load(work / "codes.npy").astype(np.int16) - codes).max() <= 1
+    centre = Embedder(minilm_export).compact_centre()
+    flipped = np.unpackbits(np.load(work / "bits.npy") ^ Embedder(minilm_export).encode(TEXTS, precision="ubinary-centred"),
+                            axis=1).astype(bool)
+    assert (np.abs(want - centre)[flipped] < 0.0045).all()  # a bit differs only for a value at its threshold
 
     installed = Path(py(runtime_venv, "from e5_onnx.registry import installed_model; print(installed_model('e5-small-v2').path)",
                         cwd=work, env=env).stdout.strip())
@@ -206,7 +211,7 @@ def test_pack_refuses_a_tampered_or_incomplete_export(tiny_exports, tmp_path):
     import shutil
 
     from e5_onnx import HashMismatchError, ModelDirError
-    from e5_onnx.pack import pack as pack_dir
+    from e5_onnx.packages.pack import pack as pack_dir
 
     for damage in ("tamper", "remove"):
         d = tmp_path / damage
@@ -225,7 +230,7 @@ def test_pack_refuses_a_tampered_or_incomplete_export(tiny_exports, tmp_path):
 
 
 def test_pack_sizes_are_reported_against_pypis_limit(tiny_exports, tmp_path):
-    from e5_onnx.pack import PYPI_FILE_LIMIT, size_report
+    from e5_onnx.packages.pack import PYPI_FILE_LIMIT, size_report
 
     (wheel,) = pack(tiny_exports["wordpiece-bert"], tmp_path / "d", "--name", "t", "--variants", "int8,fp32").glob("*.whl")
     size = wheel.stat().st_size
@@ -255,9 +260,10 @@ def test_wheel_is_typed_and_carries_the_project_metadata(built_wheel):
 
     whl = zipfile.ZipFile(built_wheel)
     assert "e5_onnx/py.typed" in whl.namelist()
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in whl.namelist())  # PEP 639
     metadata = whl.read(next(n for n in whl.namelist() if n.endswith("METADATA"))).decode()
     keywords = next(line for line in metadata.splitlines() if line.startswith("Keywords:"))
     assert {"embeddings", "onnxruntime", "e5"} <= set(keywords.split(":", 1)[1].strip().split(","))
-    for field in ("Author: e5-onnx maintainers", "Classifier: Typing :: Typed", "License-Expression: MIT", "Provides-Extra: docs", "Requires-Python: >=3.10"):
+    for field in ("Author: e5-onnx maintainers", "Classifier: Typing :: Typed", "License-Expression: MIT", "License-File: LICENSE", "Provides-Extra: docs", "Requires-Python: >=3.10"):
         assert field in metadata, field
     assert "Description-Content-Type: text/markdown" in metadata and "## Quickstart" in metadata

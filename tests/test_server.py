@@ -252,7 +252,7 @@ def test_overload_gets_429_with_retry_after_then_recovers(tiny, tiny_fp32, tmp_p
         assert server.stop() == 0, server.logs()
 
 
-@pytest.mark.parametrize("kind", ["int8", "uint8", "binary", "ubinary"])
+@pytest.mark.parametrize("kind", ["int8", "uint8", "binary", "ubinary", "binary-centred", "ubinary-centred"])
 def test_embedding_type_gives_embedder_codes_as_integers_and_base64_bytes(fp32_server, tiny_fp32, kind):
     texts = [sentence(i, 4 + i) for i in range(5)]
     want = tiny_fp32.encode(texts, precision=kind)
@@ -293,7 +293,8 @@ BAD = [
     ("lone surrogate", JSON, b'{"input": ["ok", "x\\ud800y"]}', 400, "input[1] holds an unpaired UTF-16 surrogate escape (U+D800 at character 1)", "input"),
     ("invalid utf-8", JSON, b'{"input": "caf\xe9"}', 400, "not valid UTF-8", None),
     ("unknown embedding_type", JSON, b'{"input": "a", "embedding_type": "int4"}', 400,
-     "unknown embedding_type 'int4': choose one of ('float', 'int8', 'uint8', 'binary', 'ubinary')", "embedding_type"),
+     "unknown embedding_type 'int4': choose one of ('float', 'int8', 'uint8', 'binary', 'ubinary', 'binary-centred', "
+     "'ubinary-centred')", "embedding_type"),
     ("embedding_type upper case", JSON, b'{"input": "a", "embedding_type": "INT8"}', 400, "choose one of", "embedding_type"),
     ("embedding_type float32", JSON, b'{"input": "a", "embedding_type": "float32"}', 400, "choose one of", "embedding_type"),
     ("embedding_type a number", JSON, b'{"input": "a", "embedding_type": 8}', 400, "unknown embedding_type 8", "embedding_type"),
@@ -510,7 +511,7 @@ def test_cli_errors_are_one_line(tmp_path):
 
 
 def test_workers_and_threads_read_flags_and_environment(monkeypatch, capsys):
-    from e5_onnx.server import parse_args
+    from e5_onnx.serving.server import parse_args
 
     monkeypatch.setenv("E5_ONNX_WORKERS", "3")
     settings = parse_args(["--model", "m", "--threads", "2"])

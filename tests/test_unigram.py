@@ -137,8 +137,8 @@ def test_multilingual_cold_start_peaks_under_200_mb(me5_export, tmp_path):
 
 
 def test_model_packages_and_lambda_bundles_carry_the_compact_file(tiny_exports, tmp_path):
-    from e5_onnx.bundle import copy_model
-    from e5_onnx.pack import packed_files
+    from e5_onnx.aws.bundle import copy_model
+    from e5_onnx.packages.pack import packed_files
 
     model_dir = tiny_exports["unigram-bert"]
     assert unigram.COMPACT in packed_files(model_dir, json.loads((model_dir / MANIFEST).read_text()), ["int8"])

@@ -13,13 +13,13 @@ from typing import Sequence
 
 # name -> (module with `main(argv) -> int`, one-line help). Modules are imported lazily.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "embed": ("e5_onnx.jobs", "embed a corpus (lines, JSONL, Parquet) into .npy, JSONL or Parquet; resumable; --ray"),
-    "bundle": ("e5_onnx.bundle", "build an AWS Lambda zip: runtime + model + handler (bundle lambda --model ...)"),
+    "embed": ("e5_onnx.corpus.jobs", "embed a corpus (lines, JSONL, Parquet) into .npy, JSONL or Parquet; resumable; --ray"),
+    "bundle": ("e5_onnx.aws.bundle", "build an AWS Lambda zip: runtime + model + handler (bundle lambda --model ...)"),
     "export": ("e5_onnx.export.__main__", "export a model to ONNX fp32 + INT8 (needs the [export] extra: torch)"),
-    "serve": ("e5_onnx.server", "OpenAI-compatible embedding server with dynamic batching (needs the [serve] extra)"),
-    "pack": ("e5_onnx.pack", "package an export as a pip-installable model wheel"),
+    "serve": ("e5_onnx.serving.server", "OpenAI-compatible embedding server with dynamic batching (needs the [serve] extra)"),
+    "pack": ("e5_onnx.packages.pack", "package an export as a pip-installable model wheel"),
     "demo": ("e5_onnx.demo", "embed the model card's example and print the query-passage scores"),
-    "models": ("e5_onnx.models", "list the models this machine can load, and how to get the others"),
+    "models": ("e5_onnx.packages.listing", "list the models this machine can load, and how to get the others"),
 }
 
 

@@ -5,34 +5,56 @@ sentence-transformers' `quantize_embeddings`, so they interoperate with stores b
 - int8 / uint8: one byte per dimension (4x smaller). Dimension j maps [lo_j, hi_j] onto 256
   buckets of width step_j = (hi_j - lo_j) / 255: uint8 = clip(floor((x - lo) / step), 0, 255),
   int8 = uint8 - 128. The ranges are fixed per model and variant, computed at export from
-  calibration text (export/ranges.py) and hashed in the manifest: computed from the batch at hand
-  they would make a text's code depend on its batch-mates (and a lone text's all zeros).
+  calibration text (export/build.py compact_params: since 2026-12-07 one step for every dimension,
+  buckets centred on 0, so integer dot products of codes rank like the floats) and hashed in the
+  manifest: computed from the batch at hand they would make a text's code depend on its
+  batch-mates (and a lone text's all zeros). Older exports keep the min/max ranges they hash.
 - binary / ubinary: one bit per dimension (32x smaller), 1 where x > 0, packed big-endian by
   np.packbits; ubinary is the uint8 bytes, binary the same bytes minus 128 as int8.
+- binary-centred / ubinary-centred (this package's extension, not sentence-transformers'): the
+  same packing of 1 where x > centre_j, the per-dimension mean of the calibration texts' vectors
+  (exported beside the ranges). E5's vectors share a large common direction: at 0, 240 of 384
+  bits hardly ever change and binary retrieval loses ~50 nDCG@10 points (docs/compact.md).
 
 A code depends only on its own float vector, so the Embedder's batch invariance carries over:
 an int8 code is within one step of the text's code in any other batch, a bit can only flip for a
-dimension within ~1e-3 of 0 (tests/test_compact.py measures both on the real models).
+dimension within ~1e-3 of its threshold (tests/test_compact.py measures both on the real models).
 """
 from __future__ import annotations
 
 import numpy as np
 
-PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
-DTYPES = {"float32": np.float32, "int8": np.int8, "uint8": np.uint8, "binary": np.int8, "ubinary": np.uint8}
+ST_PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")  # sentence-transformers' layouts
+CENTRED = ("binary-centred", "ubinary-centred")
+PRECISIONS = ST_PRECISIONS + CENTRED
+DTYPES = {"float32": np.float32, "int8": np.int8, "uint8": np.uint8, "binary": np.int8, "ubinary": np.uint8,
+          "binary-centred": np.int8, "ubinary-centred": np.uint8}
 RANGED = ("int8", "uint8")
-BITS = ("binary", "ubinary")
+BITS = ("binary", "ubinary") + CENTRED
+UNSIGNED_BITS = ("ubinary", "ubinary-centred")
 
 
 class MissingRangesError(ValueError):
-    """int8/uint8 were asked of a model export that records no calibration ranges."""
+    """int8/uint8 (or the centred bits) were asked of a model export that records no calibration
+    ranges (or centre): it was made before they existed."""
+
+
+def params_file(manifest: dict, variant: str, kind: str = "ranges") -> str | None:
+    """The file of a variant's compact parameters ("ranges": int8/uint8, "centre": the centred bits)
+    in an export's manifest, or None (an older export)."""
+    compact = manifest.get("compact")
+    files = compact.get(kind) if isinstance(compact, dict) else None
+    return files.get(variant) if isinstance(files, dict) else None
 
 
 def ranges_file(manifest: dict, variant: str) -> str | None:
     """The file of a variant's int8/uint8 ranges in an export's manifest, or None (an older export)."""
-    compact = manifest.get("compact")
-    ranges = compact.get("ranges") if isinstance(compact, dict) else None
-    return ranges.get(variant) if isinstance(ranges, dict) else None
+    return params_file(manifest, variant, "ranges")
+
+
+def param_kind(precision: str) -> str | None:
+    """Which exported parameter `precision` needs: "ranges", "centre" or None."""
+    return "ranges" if precision in RANGED else "centre" if precision in CENTRED else None
 
 
 def check_precision(precision: object, what: str = "precision") -> str:
@@ -57,6 +79,16 @@ def width(precision: str, dim: int) -> int:
     return (dim + 7) // 8 if precision in BITS else dim
 
 
+def check_centre(centre: object, dim: int | None = None) -> np.ndarray:
+    """`centre` as a (dim,) float array of per-dimension thresholds, or a ValueError."""
+    c = np.asarray(centre)
+    if c.ndim != 1 or (dim is not None and c.shape[0] != dim):
+        raise ValueError(f"centre must have shape ({dim or 'dim'},) (one threshold a dimension), got {c.shape}")
+    if not np.issubdtype(c.dtype, np.floating) or not np.isfinite(c).all():
+        raise ValueError("centre must hold finite floats")
+    return c
+
+
 def check_ranges(ranges: object, dim: int | None = None) -> np.ndarray:
     """`ranges` as a (2, dim) float32 array of per-dimension [min; max], or a ValueError."""
     r = np.asarray(ranges)
@@ -67,10 +99,12 @@ def check_ranges(ranges: object, dim: int | None = None) -> np.ndarray:
     return r
 
 
-def quantize(embeddings: np.ndarray, precision: str, ranges: np.ndarray | None = None) -> np.ndarray:
+def quantize(embeddings: np.ndarray, precision: str, ranges: np.ndarray | None = None, *,
+             centre: np.ndarray | None = None) -> np.ndarray:
     """sentence-transformers' `quantize_embeddings(embeddings, precision, ranges=ranges)`, bit for bit
     (float32 in, float32 ranges: the arithmetic runs in float32 there too). Unlike it, int8/uint8
-    need `ranges` (shape (2, dim)): min/max of the rows at hand is exactly the trap this avoids."""
+    need `ranges` (shape (2, dim)): min/max of the rows at hand is exactly the trap this avoids.
+    binary-centred / ubinary-centred need `centre` (shape (dim,)): bits of x > centre."""
     precision = check_precision(precision)
     x = np.asarray(embeddings)
     if x.ndim != 2 or not np.issubdtype(x.dtype, np.floating):
@@ -78,8 +112,14 @@ def quantize(embeddings: np.ndarray, precision: str, ranges: np.ndarray | None =
     if precision == "float32":
         return x.astype(np.float32)
     if precision in BITS:
-        packed = np.packbits(x > 0, axis=-1).reshape(x.shape[0], -1)
-        return packed if precision == "ubinary" else (packed.astype(np.int16) - 128).astype(np.int8)
+        if precision in CENTRED:
+            if centre is None:
+                raise MissingRangesError(f"{precision} needs the per-dimension centre (shape (dim,)); none was given")
+            threshold = check_centre(centre, x.shape[1]).astype(x.dtype)
+        else:
+            threshold = 0
+        packed = np.packbits(x > threshold, axis=-1).reshape(x.shape[0], -1)
+        return packed if precision in UNSIGNED_BITS else (packed.astype(np.int16) - 128).astype(np.int8)
     if ranges is None:
         raise MissingRangesError(f"{precision} needs per-dimension ranges (shape (2, dim)); none were given")
     ranges = check_ranges(ranges, x.shape[1])
@@ -92,7 +132,8 @@ def quantize(embeddings: np.ndarray, precision: str, ranges: np.ndarray | None =
 
 def dequantize(codes: np.ndarray, precision: str, ranges: np.ndarray | None = None) -> np.ndarray:
     """Float32 stand-ins of compact codes, for scoring with a float query: int8/uint8 -> the middle
-    of each code's bucket; binary/ubinary -> +1 / -1 per bit (sentence-transformers' rescoring);
+    of each code's bucket; every bit layout -> +1 / -1 per bit (sentence-transformers' rescoring;
+    for the centred bits, the sign of x - centre: score them with q - centre, search.rescore does);
     float32 -> as is. `codes` is (rows, width(precision, dim)); bit layouts give all 8 * width dims."""
     precision = check_precision(precision)
     c = np.asarray(codes)
@@ -103,7 +144,7 @@ def dequantize(codes: np.ndarray, precision: str, ranges: np.ndarray | None = No
     if precision == "float32":
         return c
     if precision in BITS:
-        u = c.view(np.uint8) ^ np.uint8(0x80) if precision == "binary" else c  # binary = ubinary - 128
+        u = c if precision in UNSIGNED_BITS else c.view(np.uint8) ^ np.uint8(0x80)  # binary = ubinary - 128
         return np.unpackbits(u, axis=-1).astype(np.float32) * 2 - 1
     if ranges is None:
         raise MissingRangesError(f"{precision} codes need the ranges they were made with")

@@ -11,7 +11,7 @@ from typing import Sequence
 
 from .backends import BACKENDS, ENV as BACKEND_ENV
 from .embedder import VARIANTS, Embedder
-from .models import source_text
+from .packages.listing import source_text
 
 # intfloat/e5-small-v2 model card (English models): queries, then passages, in matching order.
 CARD_EN = {

@@ -11,7 +11,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from .backends import open_session, resolve
-from .compact import RANGED, MissingRangesError, check_precision, check_ranges, quantize, ranges_file
+from .compact import (CENTRED, RANGED, MissingRangesError, check_centre, check_precision, check_ranges, params_file,
+                      quantize, ranges_file)
 from .lock import default_model_name
 from .manifest import ModelDirError, load_manifest, verified_graph, verified_path
 from .pool import mean_pool_normalize
@@ -70,6 +71,7 @@ class Embedder:
         self.variant = variant
         self.graph_variant = graph_variant  # the file: bf16 runs the fp32 graph (and its compact ranges)
         self._ranges: np.ndarray | None = None
+        self._centre: np.ndarray | None = None
         self.dim: int = self.manifest["dim"]
         self.max_length: int = self.manifest["max_length"]
         self.query_prefix: str = self.manifest["query_prefix"]
@@ -100,6 +102,8 @@ class Embedder:
         `precision` "int8" / "uint8" (dim bytes a row), "binary" / "ubinary" (dim / 8 bytes of packed
         sign bits) give sentence-transformers' `quantize_embeddings` layout (compact.py), with int8
         ranges fixed at export (`compact_ranges`), so a text's code does not depend on its batch.
+        "binary-centred" / "ubinary-centred" pack the bits of x > `compact_centre()` instead of
+        x > 0 (this package's extension, for E5's off-centre vectors: docs/compact.md).
 
         `texts`: a list, tuple, generator or 1-D NumPy array of str; any Unicode text is embedded
         (NUL, control and zero-width characters go to the model's own tokenizer as they are;
@@ -112,7 +116,7 @@ class Embedder:
     def encode_counted(self, texts: Sequence[str], *, long_text: str | None = None, precision: str = "float32"
                        ) -> tuple[np.ndarray, TokenCounts]:
         """`encode`, plus the token counts of the same tokenisation (what `e5-onnx embed` reports)."""
-        ranges = self.compact_ranges() if check_precision(precision) in RANGED else None
+        ranges, centre = self.compact_params(precision)
         texts = _check_texts(texts)
         mode = self.long_text if long_text is None else check_mode(long_text)
         seqs: list[Ids] = []
@@ -135,7 +139,14 @@ class Embedder:
         else:  # batches side by side, one per stream; each writes only its own rows
             for _ in self._streams.map(embed, batches):
                 pass
-        return quantize(combine(out, owner, len(texts)), precision, ranges), _joined(parts)
+        return quantize(combine(out, owner, len(texts)), precision, ranges, centre=centre), _joined(parts)
+
+    def compact_params(self, precision: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(ranges, centre) `precision` needs from the export (None where it needs none); a bad
+        precision or an export without them fails here, before any text is embedded."""
+        precision = check_precision(precision)
+        return (self.compact_ranges() if precision in RANGED else None,
+                self.compact_centre() if precision in CENTRED else None)
 
     def compact_ranges(self) -> np.ndarray:
         """This model's int8/uint8 ranges: (2, dim) float32 per-dimension [min; max] of its calibration
@@ -155,6 +166,24 @@ class Embedder:
                 raise ModelDirError(f"{self.model_dir / name}: {error}; re-export the model") from None
         return self._ranges
 
+    def compact_centre(self) -> np.ndarray:
+        """This model's threshold for binary-centred / ubinary-centred: (dim,) float32 per-dimension
+        mean of its calibration texts' embeddings (this variant's), read from the export and
+        sha256-checked. Pass it as `centre=` to compact.quantize / search.rescore.
+        MissingRangesError (a ValueError) for an export made before the centred bits existed."""
+        if self._centre is None:
+            name = params_file(self.manifest, self.graph_variant, "centre")
+            if name is None:
+                raise MissingRangesError(
+                    f"the export in {self.model_dir} records no centre for binary-centred / ubinary-centred (made by "
+                    "an older e5-onnx): re-export it (`e5-onnx export`); binary and ubinary work as is")
+            centre = np.load(verified_path(self.model_dir, self.manifest, name), allow_pickle=False)
+            try:
+                self._centre = check_centre(centre, self.dim).astype(np.float32)
+            except ValueError as error:
+                raise ModelDirError(f"{self.model_dir / name}: {error}; re-export the model") from None
+        return self._centre
+
     def embed_stream(
         self, texts: Iterable[str], chunk_size: int = 1024, *, long_text: str | None = None,
         precision: str = "float32",
@@ -171,8 +200,7 @@ class Embedder:
             raise TypeError(f"texts must be an ordered iterable of str, not a {type(texts).__name__}")
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-        if check_precision(precision) in RANGED:
-            self.compact_ranges()  # a missing range is an error before the first chunk, not after
+        self.compact_params(precision)  # a missing range or centre is an error before the first chunk, not after
         items, start = iter(texts), 0
         while chunk := list(islice(items, chunk_size)):
             try:

@@ -37,7 +37,8 @@ class OpenVINOSession:
     shared, an infer request is not.
     """
 
-    def __init__(self, model_path: Path, variant: str, threads: int, streams: int = 1, position_offset: int = 0) -> None:
+    def __init__(self, model_path: Path, variant: str, threads: int, streams: int = 1, position_offset: int = 0,
+                 *, pad_multiple: int = PAD_MULTIPLE, config: dict | None = None) -> None:
         if variant not in PRECISION:
             raise ValueError(f"the openvino backend runs the fp32 graph at 'bf16' or 'fp32' precision, not {variant!r} "
                              "(it cannot read onnxruntime's int8 graph); use backend='onnxruntime' for 'int8'")
@@ -49,12 +50,14 @@ class OpenVINOSession:
         self.streams = streams
         self.input_names = check_inputs([i.get_any_name() for i in model.inputs])
         self.position_offset = position_offset
+        self.pad_multiple = pad_multiple  # benchmarks/ov_levers.py measures others
         self.compiled = core.compile_model(model, "CPU", {
             "INFERENCE_PRECISION_HINT": PRECISION[variant],
             "INFERENCE_NUM_THREADS": threads * streams,
             "NUM_STREAMS": streams,
             # A pinned pool would fight other processes for the same cores (Ray actors, several servers).
             "ENABLE_CPU_PINNING": False,
+            **(config or {}),  # more OpenVINO properties (benchmarks/ov_levers.py)
         })
         self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # "bf16" / "f32"
         self._local = threading.local()
@@ -67,12 +70,12 @@ class OpenVINOSession:
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """(batch, seq) int64 ids and mask -> (batch, seq, dim) last hidden state.
 
-        The sequence is padded to a multiple of PAD_MULTIPLE (masked: the real tokens' states do not
+        The sequence is padded to a multiple of pad_multiple (PAD_MULTIPLE; masked: the real tokens' states do not
         change): OpenVINO caches its kernels per input shape, and fewer shapes plus AMX-sized tiles
         gave 1.15-1.3x the throughput of exact widths on the bench's mix (docs/benchmarks.md).
         """
         width = input_ids.shape[1]
-        extra = -width % PAD_MULTIPLE
+        extra = -width % self.pad_multiple
         if extra:
             input_ids = np.pad(input_ids, ((0, 0), (0, extra)))
             attention_mask = np.pad(attention_mask, ((0, 0), (0, extra)))

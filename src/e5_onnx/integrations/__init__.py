@@ -28,8 +28,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..corpus_io import MissingExtraError
 from ..embedder import Embedder, _check_texts
+from ..extras import MissingExtraError
 
 # Embedder's keyword arguments, which the adapters pass through and serialise.
 EMBEDDER_OPTIONS = ("threads", "batch_size", "max_batch_tokens", "long_text", "spinning")

@@ -36,8 +36,8 @@ from typing import Callable
 import numpy as np
 from tokenizers import Encoding
 
-from .pool import mean_pool_normalize
-from .tokenize import Batch
+from ..pool import mean_pool_normalize
+from ..tokenize import Batch
 
 
 class QueueFull(Exception):

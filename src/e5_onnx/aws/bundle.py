@@ -24,10 +24,10 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import unigram
-from .compact import ranges_file
-from .embedder import resolve_model_dir
-from .manifest import data_file, load_manifest, verified_graph, verified_path
+from .. import unigram
+from ..compact import params_file
+from ..embedder import resolve_model_dir
+from ..manifest import data_file, load_manifest, verified_graph, verified_path
 from .prune import RUNTIME_DISTRIBUTIONS, Removal, drop_distributions, prune_files, tree_bytes
 
 MB = 1 << 20  # AWS's "MB": 250 MB is 262,144,000 bytes
@@ -37,7 +37,7 @@ ARCHES = {"x86_64": "x86_64", "arm64": "aarch64"}  # Lambda's name -> the manyli
 PYTHONS = ("3.10", "3.11", "3.12", "3.13", "3.14")
 AMAZON_LINUX_2 = ("3.10", "3.11")  # these Lambda runtimes run on glibc 2.26; the rest on AL2023, glibc 2.34
 HANDLER = "e5_onnx.aws_lambda.handler"
-MODEL_DIRNAME = "e5-onnx-model"  # beside e5_onnx/, where aws_lambda.py looks (not imported: it loads the model)
+MODEL_DIRNAME = "e5-onnx-model"  # beside e5_onnx/, where aws/handler.py looks (not imported: it loads the model)
 ZIP_DATE = (2020, 1, 1, 0, 0, 0)  # fixed, so the same inputs give the same zip
 
 
@@ -128,22 +128,25 @@ def _tail(text: str, lines: int = 3) -> str:
 
 
 def copy_package(dest: Path) -> None:
-    """This runtime package, without the exporter (build time, torch) and caches."""
-    shutil.copytree(Path(__file__).parent, dest / "e5_onnx",
+    """This runtime package, without the exporter (build time, torch) and caches: the whole e5_onnx/
+    tree (this file is e5_onnx/aws/bundle.py), so every subpackage and the shim e5_onnx/aws_lambda.py
+    that the handler name imports go in."""
+    shutil.copytree(Path(__file__).parents[1], dest / "e5_onnx",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "export"))
 
 
 def copy_model(model_dir: Path, dest: Path) -> None:
     """manifest.json, tokenizer.json (and tokenizer_unigram.npz if the export has it), the INT8 graph
-    with its weights and its int8 ranges (compact vectors; older exports have none), each checked
+    with its weights and its int8 ranges and centre (compact vectors; older exports have none), each checked
     against the manifest."""
     manifest = load_manifest(model_dir)
     graph = manifest["variants"]["int8"]
     tokenizers = ["tokenizer.json"] + [n for n in (unigram.COMPACT,) if n in manifest["files"]]
     names = tokenizers + [graph] + ([data_file(graph)] if data_file(graph) in manifest["files"] else [])
-    if ranges := ranges_file(manifest, "int8"):
-        names.append(ranges)
-        verified_path(model_dir, manifest, ranges)
+    for kind in ("ranges", "centre"):
+        if param := params_file(manifest, "int8", kind):
+            names.append(param)
+            verified_path(model_dir, manifest, param)
     verified_graph(model_dir, manifest, graph)
     for name in tokenizers:
         verified_path(model_dir, manifest, name)

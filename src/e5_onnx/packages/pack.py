@@ -17,10 +17,10 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__, unigram
-from .compact import ranges_file
-from .manifest import MANIFEST, ModelDirError, data_file, load_manifest, verified_path
-from .registry import ENTRY_POINT_GROUP
+from .. import __version__, unigram
+from ..compact import params_file
+from ..manifest import MANIFEST, ModelDirError, data_file, load_manifest, verified_path
+from ..registry import ENTRY_POINT_GROUP
 
 PYPI_FILE_LIMIT = 100 * 1000 * 1000  # PyPI's default upload limit per file (bytes); raisable on request
 DEFAULT_VERSION = "1.0.0"
@@ -44,7 +44,7 @@ def packed_files(export_dir: Path, manifest: dict, variants: Sequence[str]) -> l
     for variant in variants:
         graph = manifest["variants"][variant]
         names += [graph] + ([data_file(graph)] if data_file(graph) in manifest["files"] else [])
-        names += [r] if (r := ranges_file(manifest, variant)) else []  # int8 ranges of compact vectors
+        names += [f for kind in ("ranges", "centre") if (f := params_file(manifest, variant, kind))]  # compact vectors
     for name in manifest["files"]:  # the whole export is re-checked, not only what is packed
         verified_path(export_dir, manifest, name)
     return names
@@ -55,8 +55,8 @@ def trimmed_manifest(manifest: dict, variants: Sequence[str], files: Sequence[st
     out["variants"] = {v: manifest["variants"][v] for v in variants}
     out["files"] = {name: manifest["files"][name] for name in files}
     if isinstance(out.get("compact"), dict):
-        ranges = {v: f for v, f in out["compact"].get("ranges", {}).items() if v in variants}
-        out["compact"] = {**out["compact"], "ranges": ranges}
+        out["compact"] = {**out["compact"], **{kind: {v: f for v, f in out["compact"][kind].items() if v in variants}
+                                                for kind in ("ranges", "centre") if kind in out["compact"]}}
     out["package"] = {"distribution": distribution}
     out.pop("reference", None)  # reference.npz (torch embeddings of the probes) stays with the export
     return out

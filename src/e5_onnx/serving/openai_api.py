@@ -1,7 +1,7 @@
 """The OpenAI embeddings protocol: request validation, the response body, the error object.
 
 One reading of `{"input", "input_type", "encoding_format", "dimensions", "model", "user"}` and one
-answer shape for every transport (server.py over HTTP, aws_lambda.py for Lambda events); no web
+answer shape for every transport (server.py over HTTP, aws/handler.py for Lambda events); no web
 framework here, only the standard library and numpy, so the Lambda bundle carries it as is.
 Every bad request becomes an ApiError naming the field (`param`) and what is wrong with it.
 """
@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from .compact import RANGED
+from ..compact import CENTRED, RANGED
 
 _ERROR_TYPE = {401: "authentication_error", 429: "rate_limit_error", 500: "server_error", 503: "server_error"}
 _SURROGATE = re.compile("[\ud800-\udfff]")  # valid in a JSON escape, impossible in UTF-8 text
 FORMATS = ("float", "base64")
 # `embedding_type` -> Embedder precision; float is OpenAI's own, the others compact.py's codes
-EMBEDDING_TYPES = {"float": "float32", "int8": "int8", "uint8": "uint8", "binary": "binary", "ubinary": "ubinary"}
+EMBEDDING_TYPES = {"float": "float32", "int8": "int8", "uint8": "uint8", "binary": "binary", "ubinary": "ubinary",
+                   "binary-centred": "binary-centred", "ubinary-centred": "ubinary-centred"}
 
 
 class ApiError(Exception):
@@ -56,7 +57,7 @@ def parse_json(body: bytes | str) -> object:
 class EmbeddingsRequest:
     texts: list[str]  # prefixes already added
     encoding_format: str  # "float" | "base64"
-    precision: str = "float32"  # from `embedding_type`: float32 | int8 | uint8 | binary | ubinary
+    precision: str = "float32"  # from `embedding_type`: float32 or a compact.py precision
 
 
 def _bad(param: str, message: str) -> ApiError:
@@ -78,13 +79,14 @@ def _optional(payload: dict, name: str, kind: type | tuple, label: str):
 
 def parse_embeddings_request(payload: object, *, dim: int, prefixes: dict[str, str], max_inputs: int,
                              max_chars: int | None = None,
-                             inputs_setting: str = "E5_ONNX_MAX_INPUTS", has_ranges: bool = True) -> EmbeddingsRequest:
+                             inputs_setting: str = "E5_ONNX_MAX_INPUTS", has_ranges: bool = True,
+                             has_centre: bool = True) -> EmbeddingsRequest:
     """Check a decoded embeddings request against OpenAI's schema and this deployment's limits.
 
     `prefixes` maps each accepted `input_type` to the E5 prefix it adds; `dimensions`, if given,
     must equal `dim`; `max_chars=None` leaves the length of a text to the tokenizer's truncation.
     `inputs_setting` is the setting an over-long `input` is told to raise; `has_ranges=False` (an export
-    made before compact vectors) refuses `embedding_type` int8 / uint8."""
+    made before compact vectors) refuses `embedding_type` int8 / uint8, `has_centre=False` the centred bits."""
     if not isinstance(payload, dict):
         raise ApiError(400, f"the request must be a JSON object, not {_json_type(payload)}", code="invalid_json")
     if "input" not in payload:
@@ -127,6 +129,9 @@ def parse_embeddings_request(payload: object, *, dim: int, prefixes: dict[str, s
     if EMBEDDING_TYPES[kind] in RANGED and not has_ranges:
         raise _bad("embedding_type", f"embedding_type {kind!r} needs int8 ranges, which this model's export does not "
                    "record (it predates compact vectors; re-export it): binary and ubinary work")
+    if EMBEDDING_TYPES[kind] in CENTRED and not has_centre:
+        raise _bad("embedding_type", f"embedding_type {kind!r} needs the model's centre, which its export does not "
+                   "record (made by an older e5-onnx; re-export it): binary and ubinary work")
     input_type = payload.get("input_type")
     if input_type is not None:
         if not isinstance(input_type, str) or input_type not in prefixes:

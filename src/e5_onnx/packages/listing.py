@@ -10,9 +10,9 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from .lock import model_specs
-from .manifest import ModelDirError, load_manifest
-from .registry import cache_exports, export_command, installed_models
+from ..lock import model_specs
+from ..manifest import ModelDirError, load_manifest
+from ..registry import cache_exports, export_command, installed_models
 
 
 def source_text(manifest: dict) -> str:

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from .checkpoint import Checkpoint, fsync_dir, records_digest
-from .compact import PRECISIONS, check_precision, width
-from .corpus_io import (INPUT_FORMATS, MissingExtraError, Record, input_format, open_reader, output_format,
+from ..compact import PRECISIONS, check_precision, width
+from .io import (INPUT_FORMATS, MissingExtraError, Record, input_format, open_reader, output_format,
                         write_jsonl, write_npy, write_parquet)
-from .backends import BACKENDS, ENV as BACKEND_ENV
-from .embedder import VARIANTS, Embedder
+from ..backends import BACKENDS, ENV as BACKEND_ENV
+from ..embedder import VARIANTS, Embedder
 from .progress import Progress
-from .windows import LONG_TEXT
+from ..windows import LONG_TEXT
 
 
 def parser() -> argparse.ArgumentParser:
@@ -114,8 +114,7 @@ def run(args: argparse.Namespace) -> int:
     prefix = {"none": "", "query": model.query_prefix, "passage": model.passage_prefix}[args.prefix]
     progress = Progress(args.progress or sys.stderr.isatty(), reader.fraction_done,
                         "truncated" if args.long_text == "truncate" else "split into windows")
-    if args.precision in ("int8", "uint8"):
-        model.compact_ranges()  # an export without ranges fails here, before any work
+    model.compact_params(args.precision)  # an export without ranges / centre fails here, before any work
     checkpoint = None if to_stdout else Checkpoint(output, job_settings(args, model, prefix), args.restart)
 
     def embedded() -> Iterator[tuple]:

@@ -15,15 +15,12 @@ from typing import Any, BinaryIO, Iterable, Iterator
 
 import numpy as np
 
-from .compact import DTYPES, width
+from ..compact import DTYPES, width
+from ..extras import MissingExtraError
 
 INPUT_FORMATS = ("auto", "lines", "jsonl", "parquet")
 OUTPUT_FORMATS = {".npy": "npy", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 Record = tuple[Any, str]  # (id or None, text)
-
-
-class MissingExtraError(ImportError):
-    """An optional dependency is not installed; the message says what to pip install."""
 
 
 def import_pyarrow() -> Any:
