@@ -32,7 +32,7 @@ from export import fuse
 from .assets import export_dir
 from .data import ROOT, scifact_passages, stsb
 from .mix import text_mix
-from .report import machine, write_report
+from .harness import machine, write_report
 
 ORT_VARIANTS = {  # name -> (graph transform, threads, spinning)
     "int8": (None, 2, True), "int8-unfused": ("unfuse", 2, True), "int8-mmitf": ("unfuse_attention", 2, True),
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     from datetime import datetime, timezone
 
     res = {"command": "python -m benchmarks.latency " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+           "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(("openvino",)),
            "rounds": args.rounds, "calls": args.calls, "models": {}}
     for model in [m for m in args.models.split(",") if m]:
         print(f"{time.strftime('%H:%M:%S')} [{model}]", file=sys.stderr, flush=True)
