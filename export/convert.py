@@ -16,7 +16,7 @@ from optimum.exporters.onnx import onnx_export_from_model
 
 from e5_onnx.manifest import data_file
 
-from . import actquant, tables
+from . import actquant, fuse, tables
 from . import smooth as smoothquant
 
 OPSET = 18
@@ -64,6 +64,11 @@ QUANTIZATION = {
     # every other MatMul input; None: quantize_dynamic's one scale per tensor per call
     "activations": {"per_row": ["attention_out", "ffn_out"], "fixed": "min/max over the calibration texts"},
     "blockwise": None,  # MatMulNBits for some groups (recipes in benchmarks/fidelity.py)
+    # fuse.py, after the activation scales: the fixed-range MatMulInteger -> Cast -> Mul chains as
+    # MatMulIntegerToFloat, and Q/K/V + MultiHeadAttention as one QAttention. Same numbers, bit for
+    # bit (the same int32 sums times the same a_scale * b_scale products); 461 -> 329 kernels per
+    # e5-small call (issue 20: a short query runs one kernel per node; docs/benchmarks.md).
+    "fuse": {"matmul_to_float": True, "attention": True},
 }
 # MatMulNBits settings a recipe's "blockwise" starts from.
 BLOCKWISE = {"op": "MatMulNBits", "matmuls": [], "bits": 8, "block_size": 256, "symmetric": True, "accuracy_level": 4}
@@ -208,6 +213,8 @@ def quantize(fp32: Path, out: Path, recipe: dict = QUANTIZATION,
             per_row_matmuls = named(activations["per_row"])
             per_row = {n.input[0] for n in calibrated.graph.node if n.name in per_row_matmuls}
             quantized = actquant.make_invariant(quantized, calibrated, calibration, per_row, base_dir=fp32.parent)
+        if recipe.get("fuse"):
+            fuse.fuse(quantized, **recipe["fuse"])
         onnx.save(quantized, str(out))
 
 

@@ -87,8 +87,10 @@ def test_cli_export_of_a_local_directory_never_touches_the_network(tiny_sources,
     assert set(manifest["files"]) == names - {"manifest.json"}
     assert manifest["export"]["fusions"]["MultiHeadAttention"] == 2  # both layers fused
     ops = manifest["export"]["int8_graph_ops"]
-    assert ops["MatMulInteger"] == 2 * 4  # Q, K, V, FFN in: smoothed, fixed activation ranges
-    assert ops["MatMulIntegerToFloat"] == 2 * 2  # attention output, FFN out: per-row activation scales
+    # Q, K, V (one QAttention) and FFN in: smoothed, fixed activation ranges; attention output and
+    # FFN out: per-row activation scales; every INT8 GEMM one fused kernel (export/fuse.py)
+    assert ops["QAttention"] == 2 and "MultiHeadAttention" not in ops and "MatMulInteger" not in ops
+    assert ops["MatMulIntegerToFloat"] == 2 * 3
     assert ops["QuantizeLinear"] == 2 * 4 and "DynamicQuantizeLinear" not in ops and "MatMulNBits" not in ops
     assert ops["Mul"] >= 2 * 2  # smoothing of the two LayerNorm outputs per layer (attention output: folded into V)
     assert ops["LayerNormalization"] == 2 * 2 and "SkipLayerNormalization" not in ops
