@@ -126,3 +126,18 @@ def test_changed_input_or_model_is_refused_then_restart(corpus, tiny_exports, tm
     fresh = tmp_path / "fresh.npy"
     finish(command(changed, fresh, model))
     np.testing.assert_array_equal(np.load(out), np.load(fresh))
+
+
+def test_default_backend_checkpoint_resumes_and_another_backend_is_refused(corpus, reference, tiny_exports, tmp_path):
+    """job.json names the backend only when it is not onnxruntime, so a checkpoint written before
+    --backend existed still resumes; resuming it on OpenVINO (other numerics) is another job."""
+    model = tiny_exports["wordpiece-bert"]
+    out = tmp_path / "out.npy"
+    killed, done = kill_after(command(corpus, out, model), out, 3, 0)
+    assert killed and done >= 3
+    saved = json.loads((out.with_name(out.name + ".e5-onnx-job") / "job.json").read_text())
+    assert "backend" not in saved and saved["variant"] == "int8"
+    proc = subprocess.run(command(corpus, out, model, "--backend", "openvino"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "checkpoint of a different job" in proc.stderr and "backend" in proc.stderr, proc.stderr
+    finish(command(corpus, out, model))
+    np.testing.assert_array_equal(np.load(out), reference[0])

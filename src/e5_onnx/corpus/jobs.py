@@ -156,11 +156,12 @@ def run(args: argparse.Namespace) -> int:
 def job_settings(args: argparse.Namespace, model: Embedder, prefix: str) -> dict:
     """What the output depends on besides the input, which the checkpoint checks chunk by chunk."""
     files = json.dumps(model.manifest["files"], sort_keys=True).encode()
-    return {"model_sha256": hashlib.sha256(files).hexdigest(), "variant": model.variant, "backend": model.backend, "prefix": prefix,
+    return {"model_sha256": hashlib.sha256(files).hexdigest(), "variant": model.variant, "prefix": prefix,
             "long_text": model.long_text, "chunk_size": args.chunk_size, "batch_size": model.batch_size,
             "max_batch_tokens": model.max_batch_tokens, "input_format": input_format(args.input, args.format),
             "text_column": args.text_column, "id_column": args.id_column, "dim": model.dim,
-            # only when compact: a float32 checkpoint made before --precision existed still resumes
+            # each only when not the default, so a checkpoint made before the option existed still resumes
+            **({"backend": model.backend} if model.backend != "onnxruntime" else {}),
             **({"precision": args.precision} if args.precision != "float32" else {})}
 
 
