@@ -72,7 +72,7 @@ def bench_model(name: str, p: dict, threads: int, env: dict, log: Callable, syst
     measure_latency(res, m, threads, queries, p["latency_calls"], env)
     summarize(res, cfg, lengths, outputs, roof_ops, roof_times)
     if bf16 and bf16_times and "roofline" in res:
-        res["roofline"].update(bf16_result(res["systems"], cfg, lengths, bf16[1], bf16_times))
+        res["roofline"].update(bf16_result(res["systems"], cfg, lengths, bf16[1], bf16_times, bf16[0].precision))
     log(f"[{name}] profile of e5-onnx INT8 (onnxruntime profiler)")
     try:
         res["profile"] = profile_model(m["export"], texts, threads, cfg)

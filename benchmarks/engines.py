@@ -25,7 +25,14 @@ if TYPE_CHECKING:
     Encode = Callable[[list[str], int], np.ndarray]  # as in systems.py, which imports this module
 
 OV_INT8_FILE = "openvino/openvino_model_qint8_static.xml"
-ST_ONNX_INT8_FILE = "onnx/model_qint8_avx512_vnni.onnx"
+
+
+def st_onnx_preset() -> str:
+    """sentence-transformers' quantization preset for this CPU, as its docs have users choose:
+    avx512_vnni where the CPU has VNNI, avx2 elsewhere."""
+    from e5_onnx.backends import cpu_flags
+
+    return "avx512_vnni" if cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"} else "avx2"
 
 
 def _stage(m: dict, kind: str) -> str:
@@ -114,15 +121,17 @@ def load_openvino_int8(m: dict, threads: int) -> Encode:
 
 
 def load_st_onnx_int8(m: dict, threads: int) -> Encode:
-    """sentence-transformers' own ONNX export, dynamically quantized with its avx512_vnni preset."""
+    """sentence-transformers' own ONNX export, dynamically quantized with its preset for this CPU."""
     path = _stage(m, "st-onnx")
-    if not os.path.isfile(os.path.join(path, ST_ONNX_INT8_FILE)):
+    preset = st_onnx_preset()
+    file_name = f"onnx/model_qint8_{preset}.onnx"
+    if not os.path.isfile(os.path.join(path, file_name)):
         from sentence_transformers import export_dynamic_quantized_onnx_model
 
         model = _sentence_transformer(path, "onnx", threads, m)
         model.save_pretrained(path)
-        export_dynamic_quantized_onnx_model(model, "avx512_vnni", path)
-    return _st_encode(_sentence_transformer(path, "onnx", threads, m, file_name=ST_ONNX_INT8_FILE))
+        export_dynamic_quantized_onnx_model(model, preset, path)
+    return _st_encode(_sentence_transformer(path, "onnx", threads, m, file_name=file_name))
 
 
 def load_ctranslate2(m: dict, threads: int) -> Encode:

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from export import fuse
+from export import fuse, u8u8
 
 from .assets import export_dir
 from .data import ROOT, scifact_passages, stsb
@@ -41,16 +41,20 @@ OV_VARIANTS = ("ov-bf16", "ov-bf16-2t")
 SETTLE_S, WARM_CALLS = 0.05, 3  # before each variant's block of timed calls
 
 
-def variant_graph(export: Path, transform: str | None, tmp: Path) -> Path:
-    graph = export / "model_int8.onnx"
+def variant_graph(export: Path, transform: str | None, tmp: Path, graph_name: str) -> Path:
+    """The INT8 graph this CPU runs (`graph_name`), or the INT8 graph transformed and then, where
+    the runtime would run the U8U8 twin, made into its twin (export/u8u8.py)."""
     if transform is None:
-        return graph
+        return export / graph_name
     import onnx
 
-    model = onnx.load(str(graph))
+    model = onnx.load(str(export / "model_int8.onnx"))
     {"unfuse": fuse.unfuse, "unfuse_attention": fuse.unfuse_attention}[transform](model)
     out = tmp / f"{transform}.onnx"
     onnx.save(model, str(out), save_as_external_data=True, location=f"{transform}.onnx.data", size_threshold=1024)
+    if graph_name != "model_int8.onnx":
+        u8u8.write(out, tmp / f"{transform}_u8u8.onnx")
+        return tmp / f"{transform}_u8u8.onnx"
     return out
 
 
@@ -64,7 +68,7 @@ def load_variants(export: Path, tmp: Path, names: list[str]) -> tuple[dict, dict
         if name in ORT_VARIANTS:
             transform, threads, spinning = ORT_VARIANTS[name]
             emb = Embedder(export, threads=threads, spinning=spinning)
-            graphs[name] = variant_graph(export, transform, tmp)
+            graphs[name] = variant_graph(export, transform, tmp, emb.graph)
             if transform:
                 emb.session = EncoderSession(graphs[name], threads=threads, spinning=spinning,
                                              position_offset=emb.manifest.get("position_offset", 0))

@@ -107,8 +107,9 @@ def model_file_mb(system: str, m: dict) -> dict[str, float]:
     else:
         from e5_onnx.manifest import data_file  # not at import: e5_onnx imports numpy
 
-        onnx = "model.onnx" if system in ("e5onnx-fp32", "e5onnx-ov-bf16") else "model_int8.onnx"
-        names = [onnx, data_file(onnx), "tokenizer.json"] + (["manifest.json"] if system.startswith("e5onnx") else [])
+        onnx = "model.onnx" if system in ("e5onnx-fp32", "e5onnx-ov-bf16", "e5onnx-ov") else "model_int8.onnx"
+        twin = [m["int8_graph"]] if onnx != "model.onnx" and m.get("int8_graph", onnx) != onnx else []  # U8U8, no VNNI
+        names = [onnx, data_file(onnx), *twin, "tokenizer.json"] + (["manifest.json"] if system.startswith("e5onnx") else [])
         files = [os.path.join(m["export"], f) for f in names if os.path.exists(os.path.join(m["export"], f))]
     return {os.path.basename(f): os.path.getsize(os.path.realpath(f)) / 1e6 for f in files}
 

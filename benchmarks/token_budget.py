@@ -34,10 +34,12 @@ SHAPES = [(n, length) for n in (1, 2, 4, 8, 16, 32) for length in (8, 16, 32, 64
 def shape_costs(model: str, variant: str, rounds: int, threads: int) -> dict[str, float]:
     """Why the budget matters: median time per token of one session call of n texts x L tokens
     (unpadded random ids), every shape timed once per round, rounds interleaved."""
+    from e5_onnx.backends import int8_saturates
+    from e5_onnx.manifest import graph_name
     from e5_onnx.session import EncoderSession
 
     manifest = json.loads((export_dir(model) / "manifest.json").read_text())
-    session = EncoderSession(export_dir(model) / manifest["variants"][variant], threads=threads)
+    session = EncoderSession(export_dir(model) / graph_name(manifest, variant, int8_saturates()), threads=threads)
     rng = np.random.default_rng(0)
     times: dict[tuple[int, int], list[float]] = {shape: [] for shape in SHAPES}
     for r in range(rounds):

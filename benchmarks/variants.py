@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from e5_onnx import Embedder
+from e5_onnx.backends import int8_saturates
 from e5_onnx.manifest import data_file, sha256_file
 from export import actquant, convert, smooth
 
@@ -109,8 +110,10 @@ def torch_variant(model: str, max_length: int) -> Variant:
 def runtime_fingerprint() -> str:
     """The e5_onnx code between texts and vectors: batching and padding shape INT8 outputs too
     (dynamic quantization scales span the whole batch)."""
-    files = ("embedder.py", "tokenize.py", "session.py", "pool.py")
-    return short_hash(*((ROOT / "src" / "e5_onnx" / f).read_bytes() for f in files), version("onnxruntime"))
+    files = ("embedder.py", "tokenize.py", "session.py", "pool.py", "backends.py")
+    # the CPU too: without VNNI onnxruntime's U8S8 kernels clip and the U8U8 graph runs (export/u8u8.py)
+    return short_hash(*((ROOT / "src" / "e5_onnx" / f).read_bytes() for f in files), version("onnxruntime"),
+                      str(int8_saturates()))
 
 
 def weights_sha256(manifest: dict, graph: str) -> str:
@@ -120,7 +123,7 @@ def weights_sha256(manifest: dict, graph: str) -> str:
 
 def onnx_variant(label: str, model_dir: Path, variant: str, info: dict | None = None) -> Variant:
     manifest = json.loads((model_dir / "manifest.json").read_text())
-    onnx_file = manifest["variants"][variant]
+    onnx_file = manifest["variants"][variant]  # the fingerprint names the export; Embedder picks the U8U8 twin where needed
     sha = manifest["files"][onnx_file]["sha256"]
     return Variant(
         label, f"onnx-{sha[:16]}{weights_sha256(manifest, onnx_file)[:8]}-{runtime_fingerprint()}",

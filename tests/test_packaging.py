@@ -148,6 +148,7 @@ def test_model_package_installs_embeds_verifies_and_uninstalls(runtime_venv, min
                         cwd=work, env=env).stdout.strip())
     manifest = json.loads((installed / "manifest.json").read_text())
     assert set(manifest["variants"]) == {"int8"} and "model.onnx" not in manifest["files"]
+    assert manifest["u8u8"] == {"int8": "model_int8_u8u8.onnx"} and "model_int8_u8u8.onnx" in manifest["files"]
     weights = installed / "model_int8.onnx.data"
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF

@@ -9,6 +9,7 @@ runs f32; not measured against INT8 on such a CPU yet).
 from __future__ import annotations
 
 import os
+import platform
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -29,6 +30,25 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+# CPU flags with which OpenVINO runs bf16 (its default there; f32 elsewhere)
+BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
+# CPU flags with which onnxruntime multiplies uint8 by int8 exactly (vpdpbusd, AMX tiles)
+EXACT_U8S8 = {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def int8_saturates(flags: set[str] | None = None, machine: str | None = None) -> bool:
+    """Whether onnxruntime's U8S8 kernels clip here: on x86 with AVX2 but no VNNI / AMX they add
+    pairs of u8 x s8 products in a saturating int16 (vpmaddubsw; export/u8u8.py). Such a CPU runs
+    an export's U8U8 INT8 graph instead. An x86 CPU whose flags cannot be read counts as one."""
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return False  # ARM: udot / sdot and the NEON fallbacks are exact
+    flags = cpu_flags() if flags is None else flags
+    if not flags:
+        return True
+    return "avx2" in flags and not flags & EXACT_U8S8
+
+
 def resolve(backend: str | None, variant: str | None) -> tuple[str, str]:
     """(backend, variant) to load, from what the caller asked (None: $E5_ONNX_BACKEND, else
     onnxruntime; the backend's default variant); a ValueError names what is not possible."""
@@ -39,7 +59,10 @@ def resolve(backend: str | None, variant: str | None) -> tuple[str, str]:
         fast_bf16 = "amx_bf16" in cpu_flags() and find_spec("openvino") is not None
         wants_openvino = variant in (None, "bf16") and fast_bf16 or variant == "bf16"
         backend = "openvino" if wants_openvino else "onnxruntime"
-    variant = variant or DEFAULT_VARIANT[backend]
+    if variant is None:
+        variant = DEFAULT_VARIANT[backend]
+        if backend == "openvino" and not cpu_flags() & BF16_FLAGS:
+            variant = "fp32"  # OpenVINO refuses bf16 where the CPU has none
     if variant not in VARIANTS[backend]:
         known = sorted({v for vs in VARIANTS.values() for v in vs})
         if variant not in known:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Mapping, Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
@@ -10,11 +11,11 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .backends import open_session, resolve
+from .backends import int8_saturates, open_session, resolve
 from .compact import (CENTRED, RANGED, MissingRangesError, check_centre, check_precision, check_ranges, params_file,
                       quantize, ranges_file)
 from .lock import default_model_name
-from .manifest import ModelDirError, load_manifest, verified_graph, verified_path
+from .manifest import ModelDirError, graph_name, load_manifest, variant_files, verified_path
 from .pool import mean_pool_normalize
 from .registry import resolve_model_dir
 from .tokenize import Ids, TextTokenizer, compact
@@ -87,8 +88,18 @@ class Embedder:
         # + one text, 3 runs each: multilingual 374 MB vs 384 MB session-first; it was the other
         # way round, 475 vs 550 MB, while the weights sat inside the graph file).
         self.tokenizer = TextTokenizer.from_export(self.model_dir, self.manifest)
+        saturates = backend == "onnxruntime" and int8_saturates()
+        # the graph file this CPU runs: on x86 without VNNI the INT8 variant's U8U8 twin (export/u8u8.py)
+        self.graph = graph_name(self.manifest, graph_variant, saturates)
+        if saturates and graph_variant == "int8" and self.graph == self.manifest["variants"]["int8"]:
+            warnings.warn(f"{self.model_dir} was exported before the U8U8 graph (2026-12-07): onnxruntime's INT8 "
+                          "kernels clip on this CPU (x86 without VNNI), which costs its vectors fidelity "
+                          "(MiniLM: cosine to torch 0.9948 instead of 0.9975); re-export the model",
+                          RuntimeWarning, stacklevel=2)
+        for name in variant_files(self.manifest, graph_variant):  # both INT8 graphs: a damaged export fails on every CPU
+            verified_path(self.model_dir, self.manifest, name)
         self.session = open_session(
-            backend, variant, verified_graph(self.model_dir, self.manifest, self.manifest["variants"][graph_variant]),
+            backend, variant, self.model_dir / self.graph,
             threads=threads,
             position_offset=self.manifest.get("position_offset", 0),
             spinning=spinning,  # off in `e5-onnx serve`, whose event loop shares the cores

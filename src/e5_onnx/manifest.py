@@ -81,6 +81,11 @@ def _check_fields(path: Path, manifest: dict) -> None:
     for variant, graph in manifest["variants"].items():
         if not isinstance(graph, str):
             raise bad(f"variants.{variant}", f"is a {type(graph).__name__}, not a file name")
+    if not isinstance(manifest.get(U8U8, {}), dict):
+        raise bad(U8U8, "is not an object")
+    for variant, graph in manifest.get(U8U8, {}).items():
+        if not isinstance(graph, str):
+            raise bad(f"{U8U8}.{variant}", f"is a {type(graph).__name__}, not a file name")
     for name, entry in manifest["files"].items():
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
             raise bad(f"files.{name}", "has no sha256")
@@ -116,9 +121,23 @@ def data_file(graph: str) -> str:
     return graph + ".data"
 
 
-def verified_graph(model_dir: Path, manifest: dict, name: str) -> Path:
-    """The path of ONNX graph `name`, after checking it and, if the export has one, its weights file."""
-    path = verified_path(model_dir, manifest, name)
-    if data_file(name) in manifest["files"]:
-        verified_path(model_dir, manifest, data_file(name))
-    return path
+# "u8u8": {"int8": "model_int8_u8u8.onnx"}: the INT8 graph for CPUs whose U8S8 kernels clip
+# (export/u8u8.py); it reads the INT8 graph's weights file. Exports before 2026-12-07 have none.
+U8U8 = "u8u8"
+
+
+def graph_name(manifest: dict, variant: str, int8_saturates: bool) -> str:
+    """The graph file that runs `variant` on this CPU: the U8U8 twin where U8S8 would clip."""
+    if int8_saturates and variant in manifest.get(U8U8, {}):
+        return manifest[U8U8][variant]
+    return manifest["variants"][variant]
+
+
+def variant_files(manifest: dict, variant: str) -> list[str]:
+    """Every file that running `variant` may read, on any CPU: its graphs and their weights files
+    (what a model package or a Lambda bundle of it must carry)."""
+    graph = manifest["variants"][variant]
+    names = [graph] + ([data_file(graph)] if data_file(graph) in manifest["files"] else [])
+    if variant in manifest.get(U8U8, {}):
+        names.append(manifest[U8U8][variant])  # shares the weights file above
+    return names

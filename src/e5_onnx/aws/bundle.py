@@ -27,7 +27,7 @@ from pathlib import Path
 from .. import unigram
 from ..compact import params_file
 from ..embedder import resolve_model_dir
-from ..manifest import data_file, load_manifest, verified_graph, verified_path
+from ..manifest import load_manifest, variant_files, verified_path
 from .prune import RUNTIME_DISTRIBUTIONS, Removal, drop_distributions, prune_files, tree_bytes
 
 MB = 1 << 20  # AWS's "MB": 250 MB is 262,144,000 bytes
@@ -140,14 +140,15 @@ def copy_model(model_dir: Path, dest: Path) -> None:
     with its weights and its int8 ranges and centre (compact vectors; older exports have none), each checked
     against the manifest."""
     manifest = load_manifest(model_dir)
-    graph = manifest["variants"]["int8"]
+    graphs = variant_files(manifest, "int8")  # with the U8U8 graph: Lambda's x86 CPU may lack VNNI
     tokenizers = ["tokenizer.json"] + [n for n in (unigram.COMPACT,) if n in manifest["files"]]
-    names = tokenizers + [graph] + ([data_file(graph)] if data_file(graph) in manifest["files"] else [])
+    names = tokenizers + graphs
     for kind in ("ranges", "centre"):
         if param := params_file(manifest, "int8", kind):
             names.append(param)
             verified_path(model_dir, manifest, param)
-    verified_graph(model_dir, manifest, graph)
+    for name in graphs:
+        verified_path(model_dir, manifest, name)
     for name in tokenizers:
         verified_path(model_dir, manifest, name)
     dest.mkdir(parents=True)

@@ -19,7 +19,7 @@ from typing import Sequence
 
 from .. import __version__, unigram
 from ..compact import params_file
-from ..manifest import MANIFEST, ModelDirError, data_file, load_manifest, verified_path
+from ..manifest import MANIFEST, U8U8, ModelDirError, load_manifest, variant_files, verified_path
 from ..registry import ENTRY_POINT_GROUP
 
 PYPI_FILE_LIMIT = 100 * 1000 * 1000  # PyPI's default upload limit per file (bytes); raisable on request
@@ -42,8 +42,7 @@ def packed_files(export_dir: Path, manifest: dict, variants: Sequence[str]) -> l
         raise ValueError(f"unknown variant(s) {unknown or list(variants)}; this export has {sorted(manifest['variants'])}")
     names = ["tokenizer.json"] + [n for n in (unigram.COMPACT,) if n in manifest["files"]]
     for variant in variants:
-        graph = manifest["variants"][variant]
-        names += [graph] + ([data_file(graph)] if data_file(graph) in manifest["files"] else [])
+        names += variant_files(manifest, variant)
         names += [f for kind in ("ranges", "centre") if (f := params_file(manifest, variant, kind))]  # compact vectors
     for name in manifest["files"]:  # the whole export is re-checked, not only what is packed
         verified_path(export_dir, manifest, name)
@@ -53,6 +52,8 @@ def packed_files(export_dir: Path, manifest: dict, variants: Sequence[str]) -> l
 def trimmed_manifest(manifest: dict, variants: Sequence[str], files: Sequence[str], distribution: str) -> dict:
     out = dict(manifest)
     out["variants"] = {v: manifest["variants"][v] for v in variants}
+    if U8U8 in manifest:
+        out[U8U8] = {v: f for v, f in manifest[U8U8].items() if v in variants}
     out["files"] = {name: manifest["files"][name] for name in files}
     if isinstance(out.get("compact"), dict):
         out["compact"] = {**out["compact"], **{kind: {v: f for v, f in out["compact"][kind].items() if v in variants}
