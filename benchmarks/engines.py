@@ -13,6 +13,7 @@ Only os and shutil at module level (see systems.py).
 """
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 
@@ -124,13 +125,16 @@ def load_st_onnx_int8(m: dict, threads: int) -> Encode:
     """sentence-transformers' own ONNX export, dynamically quantized with its preset for this CPU."""
     path = _stage(m, "st-onnx")
     preset = st_onnx_preset()
-    file_name = f"onnx/model_qint8_{preset}.onnx"
-    if not os.path.isfile(os.path.join(path, file_name)):
+    # its file says the weight type the preset chose: model_qint8_avx512_vnni.onnx, model_quint8_avx2.onnx
+    written = glob.glob(os.path.join(path, f"onnx/model_q*int8_{preset}.onnx"))
+    if not written:
         from sentence_transformers import export_dynamic_quantized_onnx_model
 
         model = _sentence_transformer(path, "onnx", threads, m)
         model.save_pretrained(path)
         export_dynamic_quantized_onnx_model(model, preset, path)
+        written = glob.glob(os.path.join(path, f"onnx/model_q*int8_{preset}.onnx"))
+    file_name = os.path.relpath(written[0], path)
     return _st_encode(_sentence_transformer(path, "onnx", threads, m, file_name=file_name))
 
 

@@ -36,7 +36,9 @@ from .harness import machine, write_report
 
 ORT_VARIANTS = {  # name -> (graph transform, threads, spinning)
     "int8": (None, 2, True), "int8-unfused": ("unfuse", 2, True), "int8-mmitf": ("unfuse_attention", 2, True),
-    "int8-1thread": (None, 1, True), "int8-nospin": (None, 2, False)}
+    "int8-1thread": (None, 1, True), "int8-nospin": (None, 2, False),
+    # the U8S8 graph even where the runtime runs its U8U8 twin: what exactness costs on a CPU without VNNI
+    "int8-u8s8": ("u8s8", 2, True)}
 OV_VARIANTS = ("ov-bf16", "ov-bf16-2t")
 SETTLE_S, WARM_CALLS = 0.05, 3  # before each variant's block of timed calls
 
@@ -46,6 +48,8 @@ def variant_graph(export: Path, transform: str | None, tmp: Path, graph_name: st
     the runtime would run the U8U8 twin, made into its twin (export/u8u8.py)."""
     if transform is None:
         return export / graph_name
+    if transform == "u8s8":
+        return export / "model_int8.onnx"
     import onnx
 
     model = onnx.load(str(export / "model_int8.onnx"))
@@ -193,8 +197,10 @@ def floor(emb, graph: Path, tokens: int, threads: int = 2, reps: int = 200) -> d
         [helper.make_tensor_value_info(f"x{n_adds}", TensorProto.FLOAT, [1, tokens, h])],
         [numpy_helper.from_array(np.full(h, 1e-3, np.float32), "c")]), opset_imports=[helper.make_opsetid("", 18)])
     per_kernel = p50(session(chain), {"x0": np.ones((1, tokens, h), np.float32)}) / n_adds
-    # the model's quantized weights, each as a MatMulIntegerToFloat of its own on a uint8 input
-    model = onnx.load(str(graph))
+    # the model's quantized weights, each as a MatMulIntegerToFloat of its own on a uint8 input, in
+    # the kind the runtime runs here: U8U8 where the graph is the U8U8 twin (export/u8u8.py)
+    model = onnx.load(str(graph.parent / "model_int8.onnx") if graph.name.endswith("_u8u8.onnx") else str(graph))
+    u8u8 = graph.name.endswith("_u8u8.onnx")
     values = {t.name: t for t in model.graph.initializer}
     shapes = [tuple(values[n.input[1]].dims) for n in model.graph.node
               if n.op_type in ("MatMulIntegerToFloat", "QAttention") and n.input[1] in values]
@@ -202,9 +208,10 @@ def floor(emb, graph: Path, tokens: int, threads: int = 2, reps: int = 200) -> d
                                 numpy_helper.from_array(np.array(128, np.uint8), "z")], {}
     rng = np.random.default_rng(0)
     for i, (k, n) in enumerate(shapes):
-        inits += [numpy_helper.from_array(rng.integers(-127, 128, (k, n), dtype=np.int8), f"w{i}"),
+        w = rng.integers(-127, 128, (k, n), dtype=np.int16)
+        inits += [numpy_helper.from_array((w + 128).astype(np.uint8) if u8u8 else w.astype(np.int8), f"w{i}"),
                   numpy_helper.from_array(np.full(n, 0.01, np.float32), f"ws{i}"),
-                  numpy_helper.from_array(np.zeros(n, np.int8), f"wz{i}")]
+                  numpy_helper.from_array(np.full(n, 128, np.uint8) if u8u8 else np.zeros(n, np.int8), f"wz{i}")]
         inputs.setdefault(k, helper.make_tensor_value_info(f"a{k}", TensorProto.UINT8, [tokens, k]))
         nodes.append(helper.make_node("MatMulIntegerToFloat", [f"a{k}", f"w{i}", "s", f"ws{i}", "z", f"wz{i}"],
                                       [f"y{i}"], domain="com.microsoft"))

@@ -39,11 +39,14 @@ class Embedder:
     on mixed texts, 1.10-1.23x on passages, the same on short queries).
 
     `backend`: "onnxruntime" (variants "int8", the default, and "fp32"), "openvino" (the
-    [openvino] extra: the fp32 graph at "bf16", its default, or "fp32"), or "auto" (OpenVINO bf16
-    where it is installed and the CPU has AMX, else onnxruntime INT8); None reads
-    $E5_ONNX_BACKEND, else onnxruntime. `threads`: the cores this Embedder may use (None: this
-    process's CPU affinity and cgroup quota); onnxruntime runs each call on all of them, OpenVINO
-    runs that many one-thread calls side by side (encode spreads its batches over them).
+    [openvino] extra: the fp32 graph at "bf16", its default where the CPU has bf16, or "fp32"),
+    or "auto" (OpenVINO bf16 where it is installed and the CPU has AMX, else onnxruntime INT8);
+    None reads $E5_ONNX_BACKEND, else onnxruntime. `threads`: the cores this Embedder may use
+    (None: this process's CPU affinity and cgroup quota); onnxruntime runs each call on all of
+    them, OpenVINO runs that many one-thread calls side by side (encode spreads its batches over them).
+
+    `.graph` names the graph file loaded: for INT8 on an x86 CPU without VNNI, the export's U8U8
+    twin, whose integer products are exact there (onnxruntime's U8S8 kernels saturate).
     """
 
     def __init__(
