@@ -199,8 +199,8 @@ def floor(emb, graph: Path, tokens: int, threads: int = 2, reps: int = 200) -> d
     per_kernel = p50(session(chain), {"x0": np.ones((1, tokens, h), np.float32)}) / n_adds
     # the model's quantized weights, each as a MatMulIntegerToFloat of its own on a uint8 input, in
     # the kind the runtime runs here: U8U8 where the graph is the U8U8 twin (export/u8u8.py)
-    model = onnx.load(str(graph.parent / "model_int8.onnx") if graph.name.endswith("_u8u8.onnx") else str(graph))
-    u8u8 = graph.name.endswith("_u8u8.onnx")
+    twin = graph.name.endswith("_u8u8.onnx")  # its weights are folded at load: read their shapes off the INT8 graph
+    model = onnx.load(str(graph.parent / "model_int8.onnx") if twin else str(graph))
     values = {t.name: t for t in model.graph.initializer}
     shapes = [tuple(values[n.input[1]].dims) for n in model.graph.node
               if n.op_type in ("MatMulIntegerToFloat", "QAttention") and n.input[1] in values]
@@ -209,9 +209,9 @@ def floor(emb, graph: Path, tokens: int, threads: int = 2, reps: int = 200) -> d
     rng = np.random.default_rng(0)
     for i, (k, n) in enumerate(shapes):
         w = rng.integers(-127, 128, (k, n), dtype=np.int16)
-        inits += [numpy_helper.from_array((w + 128).astype(np.uint8) if u8u8 else w.astype(np.int8), f"w{i}"),
+        inits += [numpy_helper.from_array((w + 128).astype(np.uint8) if twin else w.astype(np.int8), f"w{i}"),
                   numpy_helper.from_array(np.full(n, 0.01, np.float32), f"ws{i}"),
-                  numpy_helper.from_array(np.full(n, 128, np.uint8) if u8u8 else np.zeros(n, np.int8), f"wz{i}")]
+                  numpy_helper.from_array(np.full(n, 128, np.uint8) if twin else np.zeros(n, np.int8), f"wz{i}")]
         inputs.setdefault(k, helper.make_tensor_value_info(f"a{k}", TensorProto.UINT8, [tokens, k]))
         nodes.append(helper.make_node("MatMulIntegerToFloat", [f"a{k}", f"w{i}", "s", f"ws{i}", "z", f"wz{i}"],
                                       [f"y{i}"], domain="com.microsoft"))
