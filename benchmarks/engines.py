@@ -31,9 +31,9 @@ OV_INT8_FILE = "openvino/openvino_model_qint8_static.xml"
 def st_onnx_preset() -> str:
     """sentence-transformers' quantization preset for this CPU, as its docs have users choose:
     avx512_vnni where the CPU has VNNI, avx2 elsewhere."""
-    from e5_onnx.backends import cpu_flags
+    from e5_onnx.backends import EXACT_U8S8, cpu_flags
 
-    return "avx512_vnni" if cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"} else "avx2"
+    return "avx512_vnni" if cpu_flags() & EXACT_U8S8 else "avx2"
 
 
 def _stage(m: dict, kind: str) -> str:
