@@ -111,17 +111,11 @@ def _offset(m: dict) -> int:
 
 def embedder(m: dict, spec: dict, cores: int):
     """An Embedder as a user makes it, with the candidate's session in place of the default one."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from e5_onnx import Embedder
 
     e = Embedder(m["export"], backend="openvino", threads=cores, max_batch_tokens=spec["tokens"])
-    if spec["streams"] == 1:
-        e.session = session(m, spec, cores, 1)
-        e._streams = None
-    else:
-        e.session = session(m, spec, 1, cores)
-        e._streams = ThreadPoolExecutor(cores)
+    # encode runs a call's batches on session.streams one-thread calls side by side
+    e.session = session(m, spec, cores, 1) if spec["streams"] == 1 else session(m, spec, 1, cores)
     return e
 
 

@@ -39,6 +39,7 @@ def op_profile(export: str, batches: list[list[str]], threads: int, config: dict
     from e5_onnx.session import DISABLED_OPTIMIZERS, session_options
 
     emb = Embedder(export, threads=threads, batch_size=batch_size)
+    emb.session.streams = 1  # one call at a time on every thread: kernel times add up to the call's
     with tempfile.TemporaryDirectory() as tmp:
         options = session_options(threads)
         options.enable_profiling = True

@@ -5,9 +5,11 @@ import os
 import re
 import warnings
 from collections.abc import Mapping, Set as AbstractSet
-from concurrent.futures import ThreadPoolExecutor
-from itertools import islice
-from typing import Iterable, Iterator, Sequence
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+from itertools import chain, islice
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -21,6 +23,7 @@ from .registry import resolve_model_dir
 from .tokenize import Ids, TextTokenizer, compact
 from .windows import TokenCounts, check_mode, combine, counts, sequences
 
+T = TypeVar("T")
 VARIANTS = ("int8", "fp32", "bf16")  # bf16: the fp32 graph at bf16 (backend="openvino")
 TOKENISE_SLICE = 1024  # texts per tokenizers call in encode: its Encodings live for one slice only
 
@@ -42,8 +45,9 @@ class Embedder:
     [openvino] extra: the fp32 graph at "bf16", its default where the CPU has bf16, or "fp32"),
     or "auto" (OpenVINO bf16 where it is installed and the CPU has AMX, else onnxruntime INT8);
     None reads $E5_ONNX_BACKEND, else onnxruntime. `threads`: the cores this Embedder may use
-    (None: this process's CPU affinity and cgroup quota); onnxruntime runs each call on all of
-    them, OpenVINO runs that many one-thread calls side by side (encode spreads its batches over them).
+    (None: this process's CPU affinity and cgroup quota). An encode call of one batch runs on all of
+    them (onnxruntime; OpenVINO runs one-thread calls); a call of several batches runs `threads`
+    one-thread calls side by side (onnxruntime loads a one-thread session for them on first use).
 
     `.graph` names the graph file loaded: for INT8 on an x86 CPU without VNNI, the export's U8U8
     twin, whose integer products are exact there (onnxruntime's U8S8 kernels saturate).
@@ -107,8 +111,6 @@ class Embedder:
             position_offset=self.manifest.get("position_offset", 0),
             spinning=spinning,  # off in `e5-onnx serve`, whose event loop shares the cores
         )
-        streams = getattr(self.session, "streams", 1)  # OpenVINO: calls that may run side by side
-        self._streams = ThreadPoolExecutor(streams, thread_name_prefix="e5-onnx-stream") if streams > 1 else None
 
     def encode(self, texts: Sequence[str], *, long_text: str | None = None, precision: str = "float32") -> np.ndarray:
         """Embed texts exactly as given -> (len(texts), dim) float32, rows of norm 1, input order.
@@ -143,16 +145,16 @@ class Embedder:
         owner = np.concatenate(owners)
         out = np.empty((len(seqs), self.dim), dtype=np.float32)
 
-        def embed(batch) -> None:
-            out[batch.order] = mean_pool_normalize(self.session.run(batch.input_ids, batch.attention_mask),
+        def embed(session, batch) -> None:  # each batch writes only its own rows
+            out[batch.order] = mean_pool_normalize(session.run(batch.input_ids, batch.attention_mask),
                                                    batch.attention_mask)
         batches = self.tokenizer.batch_encodings(seqs, self.batch_size, self.max_batch_tokens)
-        if self._streams is None:
-            for batch in batches:
-                embed(batch)
-        else:  # batches side by side, one per stream; each writes only its own rows
-            for _ in self._streams.map(embed, batches):
-                pass
+        first = list(islice(batches, 2))
+        if len(first) < 2 or self.session.streams == 1:  # one call on every thread: lowest latency
+            for batch in chain(first, batches):
+                embed(self.session, batch)
+        else:  # several batches: one-thread calls side by side
+            run_side_by_side(partial(embed, self.session.side_by_side()), chain(first, batches), self.session.streams)
         return quantize(combine(out, owner, len(texts)), precision, ranges, centre=centre), _joined(parts)
 
     def compact_params(self, precision: str) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -246,6 +248,19 @@ class Embedder:
     def encode_passages(self, texts: Sequence[str], *, precision: str = "float32") -> np.ndarray:
         """Embed documents to be retrieved: adds the `passage: ` prefix."""
         return self.encode([self.passage_prefix + t for t in _check_texts(texts)], precision=precision)
+
+
+def run_side_by_side(fn: Callable[[T], None], items: Iterable[T], streams: int) -> None:
+    """fn(item) for every item, `streams` calls at a time, at most 2 x streams items in flight (a
+    long call's batches are made as they are needed); the first error is raised."""
+    with ThreadPoolExecutor(streams, thread_name_prefix="e5-onnx-stream") as pool:
+        pending: deque[Future] = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 2 * streams:
+                pending.popleft().result()
+        while pending:
+            pending.popleft().result()
 
 
 def _joined(parts: list[TokenCounts]) -> TokenCounts:

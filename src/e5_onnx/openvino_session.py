@@ -67,6 +67,10 @@ class OpenVINOSession:
         # the server's two workers, openvino 2026.4).
         self.run(np.zeros((1, 2), dtype=np.int64), np.ones((1, 2), dtype=np.int64))
 
+    def side_by_side(self) -> OpenVINOSession:
+        """The session for `streams` callers at once: this one (each caller thread has its own infer request)."""
+        return self
+
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """(batch, seq) int64 ids and mask -> (batch, seq, dim) last hidden state.
 
