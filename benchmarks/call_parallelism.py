@@ -6,9 +6,11 @@ The server's calls are small (a pool is what arrived while the last one ran), an
 splits each operator of a call over its threads, which then wait for each other. This embeds the
 same texts in lists of 1, 4, 16 and 64 and all at once (one list: the side-by-side setting then
 runs it on one thread, so that row measures one thread against two), with:
-- one thread calling an `Embedder` with every core per call, threads spinning (the default) and
-  not spinning (the server's setting);
-- `cores` threads sharing one one-thread `Embedder`, taking lists in turn (the server's workers).
+- one thread calling an `Embedder` with every core per call and one call at a time, threads
+  spinning (the default) and not spinning (the server's setting);
+- `cores` threads sharing one one-thread `Embedder`, taking lists in turn (the server's workers);
+- one thread calling `Embedder.encode` at its defaults: one call on every core for a list of one
+  batch, one-thread calls side by side for a list of several.
 The texts: the serve benchmark's single queries (STSb sentences, `query: `), and its mixed
 requests' texts (half queries, half SciFact passages cut to 400 characters). Each setting runs
 once per round, in alternating order; the tables give medians of texts/s and, per list size,
@@ -47,6 +49,13 @@ def in_turn(embedder, lists: list[list[str]], workers: int) -> None:
         t.join()
 
 
+def one_call_at_a_time(embedder):
+    """The Embedder as it was before 2026-12-07: every batch of a list on one call on every core
+    (encode now runs a list's batches as one-thread calls side by side; one batch is still one call)."""
+    embedder.session.streams = 1
+    return embedder
+
+
 def main(argv: list[str] | None = None) -> int:
     from e5_onnx import Embedder
     from e5_onnx.session import available_cores
@@ -61,9 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     directory = model_dir(args.model)
     texts = {w: [t for r in reqs for t in r][: args.texts] for w, reqs in workloads().items()}
     settings = {
-        f"1 call x {cores} threads, spinning": (Embedder(directory), 1),
-        f"1 call x {cores} threads, not spinning": (Embedder(directory, spinning=False), 1),
+        f"1 call x {cores} threads, spinning": (one_call_at_a_time(Embedder(directory)), 1),
+        f"1 call x {cores} threads, not spinning": (one_call_at_a_time(Embedder(directory, spinning=False)), 1),
         f"{cores} calls x 1 thread": (Embedder(directory, threads=1, spinning=False), cores),
+        "encode's default": (Embedder(directory), 1),
     }
     for embedder, _ in settings.values():
         embedder.encode(texts["mixed"][:64])

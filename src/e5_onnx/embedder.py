@@ -8,7 +8,7 @@ from collections.abc import Mapping, Set as AbstractSet
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
-from itertools import chain, islice
+from itertools import islice
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
@@ -149,12 +149,17 @@ class Embedder:
             out[batch.order] = mean_pool_normalize(session.run(batch.input_ids, batch.attention_mask),
                                                    batch.attention_mask)
         batches = self.tokenizer.batch_encodings(seqs, self.batch_size, self.max_batch_tokens)
-        first = list(islice(batches, 2))
-        if len(first) < 2 or self.session.streams == 1:  # one call on every thread: lowest latency
-            for batch in chain(first, batches):
-                embed(self.session, batch)
-        else:  # several batches: one-thread calls side by side
-            run_side_by_side(partial(embed, self.session.side_by_side()), chain(first, batches), self.session.streams)
+        streams, paired = self.session.streams, 0
+        if streams > 1 and len(batches) > 1:
+            side = self.session.side_by_side()
+            # onnxruntime: whole rounds of one-thread calls side by side (the budget makes batches
+            # alike), then the rest, fewer than `streams` and the shortest, one call on every
+            # thread each; OpenVINO runs one-thread calls only, every batch side by side
+            paired = len(batches) if side is self.session else len(batches) // streams * streams
+        if paired:
+            run_side_by_side(partial(embed, side), islice(batches, paired), streams)
+        for batch in batches:  # one call on every thread: the lowest latency for a single batch
+            embed(self.session, batch)
         return quantize(combine(out, owner, len(texts)), precision, ranges, centre=centre), _joined(parts)
 
     def compact_params(self, precision: str) -> tuple[np.ndarray | None, np.ndarray | None]:

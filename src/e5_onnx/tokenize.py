@@ -7,6 +7,7 @@ over-padded and the limit is the model's real one.
 from __future__ import annotations
 
 import math
+from collections import abc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
@@ -74,6 +75,20 @@ class Batch:
     attention_mask: np.ndarray  # (n, seq) int64
 
 
+class Batches(abc.Iterator):
+    """One call's batches, each padded when it is taken; len() is how many the plan cut, taken or not."""
+
+    def __init__(self, sizes: list[int], batches: Iterator[Batch]) -> None:
+        self.sizes = sizes  # texts per batch
+        self._batches = batches
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __next__(self) -> Batch:
+        return next(self._batches)
+
+
 class TextTokenizer:
     def __init__(self, tokenizer: Tokenizer, max_length: int, pad_id: int, *, local: bool | None = None) -> None:
         tokenizer.no_padding()
@@ -136,16 +151,20 @@ class TextTokenizer:
 
     def batch_encodings(
         self, encodings: Sequence[Encoding | Ids], batch_size: int, max_batch_tokens: int
-    ) -> Iterator[Batch]:
+    ) -> Batches:
         """`batches` for texts already tokenised (or windows of them, or their `compact` ids):
-        longest first, cut by `plan`."""
+        longest first, cut by `plan`; `len()` of the result counts them before any is padded."""
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         order = np.argsort(-lengths, kind="stable")
-        start = 0
-        for n in plan(lengths[order].tolist(), batch_size, max_batch_tokens):
-            idx = order[start : start + n]
-            yield self._pad([encodings[i] for i in idx], idx, int(lengths[idx[0]]))
-            start += n
+        sizes = plan(lengths[order].tolist(), batch_size, max_batch_tokens)
+
+        def padded() -> Iterator[Batch]:
+            start = 0
+            for n in sizes:
+                idx = order[start : start + n]
+                yield self._pad([encodings[i] for i in idx], idx, int(lengths[idx[0]]))
+                start += n
+        return Batches(sizes, padded())
 
     def _pad(self, encodings: list[Encoding | Ids], order: np.ndarray, width: int) -> Batch:
         ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)
