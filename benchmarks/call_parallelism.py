@@ -33,6 +33,7 @@ from .data import ROOT
 from .harness import machine, machine_line, model_dir
 from .http_load import workloads
 
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "call_parallelism.json"
 LIST_SIZES = (1, 4, 16, 64, 0)  # 0: every text in one encode call
 
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="e5-small-arch", help="a benchmarks/assets.py model or an export directory")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--texts", type=int, default=512, help="texts per workload")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "call_parallelism.json"))
+    p.add_argument("--out", default=str(DEFAULT_OUT))
     args = p.parse_args(argv)
     cores = available_cores()
     directory = model_dir(args.model)
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     base = list(settings)[0]
     lines = [f"{res['started']}, {machine_line(res['machine'])}; {cores} cores used, {args.model}, {args.texts} texts per "
              f"workload, medians of {args.rounds} rounds, load average at the end {res['loadavg_end'][0]:.1f}; "
-             f"`python -m benchmarks.call_parallelism --model {args.model} --rounds {args.rounds}`"]
+             f"`python -m benchmarks.call_parallelism --model {args.model} --rounds {args.rounds} --texts {args.texts}"
+             + (f" --out {args.out}" if Path(args.out).resolve() != DEFAULT_OUT.resolve() else "") + "`"]
     for workload, by_setting in rates.items():
         lines += ["", f"| {workload}: texts per encode call | " + " | ".join(settings) + " |",
                   "|---" * (len(settings) + 1) + "|"]

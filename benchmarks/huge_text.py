@@ -52,7 +52,7 @@ def one(model_dir: str, megabytes: float, path: str) -> dict:
     start = time.perf_counter()
     [enc] = model.tokenizer.encode([text], head_only=(path == "cut"))
     tokenised = time.perf_counter() - start
-    batch = next(model.tokenizer.batch_encodings([enc], 1, model.max_length))
+    batch = model.tokenizer.batch_encodings([enc], 1, model.max_length)[0]
     vector = mean_pool_normalize(model.session.run(batch.input_ids, batch.attention_mask), batch.attention_mask)[0]
     seconds = time.perf_counter() - start
     peak = proc_status_mb("VmHWM")

@@ -59,6 +59,11 @@ def test_batches_respect_token_budget_and_pad_to_their_own_longest(minilm_source
         assert len(b.order) <= 8
     assert sorted(np.concatenate([b.order for b in batches]).tolist()) == list(range(len(TEXTS)))
     assert max(lengths) == 256  # truncated at the limit given, not tokenizer.json's 128
+    planned = tok.batches(TEXTS, batch_size=8, max_batch_tokens=600)
+    assert planned.tokens == [b.input_ids.size for b in batches]  # known before any batch is padded
+    assert len(planned) == len(batches) and np.array_equal(planned[-1].input_ids, batches[-1].input_ids)
+    with pytest.raises(IndexError):
+        planned[len(batches)]
 
 
 def _cost(sizes: list[int], lengths: list[int], call_cost: int) -> int:

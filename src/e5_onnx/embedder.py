@@ -7,7 +7,6 @@ import warnings
 from collections.abc import Mapping, Set as AbstractSet
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from functools import partial
 from itertools import islice
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
@@ -46,8 +45,9 @@ class Embedder:
     or "auto" (OpenVINO bf16 where it is installed and the CPU has AMX, else onnxruntime INT8);
     None reads $E5_ONNX_BACKEND, else onnxruntime. `threads`: the cores this Embedder may use
     (None: this process's CPU affinity and cgroup quota). An encode call of one batch runs on all of
-    them (onnxruntime; OpenVINO runs one-thread calls); a call of several batches runs `threads`
-    one-thread calls side by side (onnxruntime loads a one-thread session for them on first use).
+    them (onnxruntime; OpenVINO runs one-thread calls); a call of several batches runs those of
+    alike size in rounds of `threads` one-thread calls side by side (onnxruntime loads a one-thread
+    session for them on first use), the others on all of them (`side_by_side_plan`).
 
     `.graph` names the graph file loaded: for INT8 on an x86 CPU without VNNI, the export's U8U8
     twin, whose integer products are exact there (onnxruntime's U8S8 kernels saturate).
@@ -149,17 +149,14 @@ class Embedder:
             out[batch.order] = mean_pool_normalize(session.run(batch.input_ids, batch.attention_mask),
                                                    batch.attention_mask)
         batches = self.tokenizer.batch_encodings(seqs, self.batch_size, self.max_batch_tokens)
-        streams, paired = self.session.streams, 0
-        if streams > 1 and len(batches) > 1:
-            side = self.session.side_by_side()
-            # onnxruntime: whole rounds of one-thread calls side by side (the budget makes batches
-            # alike), then the rest, fewer than `streams` and the shortest, one call on every
-            # thread each; OpenVINO runs one-thread calls only, every batch side by side
-            paired = len(batches) if side is self.session else len(batches) // streams * streams
-        if paired:
-            run_side_by_side(partial(embed, side), islice(batches, paired), streams)
-        for batch in batches:  # one call on every thread: the lowest latency for a single batch
-            embed(self.session, batch)
+        alone = range(len(batches))
+        if self.session.streams > 1 and len(batches) > 1:
+            paired, alone = side_by_side_plan(batches.tokens, self.session.streams, self.backend == "openvino")
+            if paired:
+                side = self.session.side_by_side()
+                run_side_by_side(lambda i: embed(side, batches[i]), paired, self.session.streams)
+        for i in alone:  # one call on every thread: the lowest latency for a single batch
+            embed(self.session, batches[i])
         return quantize(combine(out, owner, len(texts)), precision, ranges, centre=centre), _joined(parts)
 
     def compact_params(self, precision: str) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -253,6 +250,25 @@ class Embedder:
     def encode_passages(self, texts: Sequence[str], *, precision: str = "float32") -> np.ndarray:
         """Embed documents to be retrieved: adds the `passage: ` prefix."""
         return self.encode([self.passage_prefix + t for t in _check_texts(texts)], precision=precision)
+
+
+# Two one-thread calls side by side beat one two-thread call after the other only if the smaller
+# holds at least (s - 1) of the larger's tokens, s = 1.6 the two-thread speed-up of one 512-token
+# call (docs/benchmarks.md, "encode's batches side by side": side by side 1.23x on alike batches).
+ALIKE = 0.6
+
+
+def side_by_side_plan(tokens: list[int], streams: int, one_thread_only: bool) -> tuple[list[int], list[int]]:
+    """(batches to run as one-thread calls side by side, batches to run one call on every thread)
+    by index, from each batch's padded tokens. onnxruntime: whole rounds of `streams` batches
+    within ALIKE of the largest, the rest on every thread. `one_thread_only` (OpenVINO, whose
+    calls run on one thread): all side by side."""
+    if one_thread_only:
+        return list(range(len(tokens))), []
+    alike = [i for i, n in enumerate(tokens) if n >= ALIKE * max(tokens)]
+    paired = alike[: len(alike) // streams * streams]
+    chosen = set(paired)
+    return paired, [i for i in range(len(tokens)) if i not in chosen]
 
 
 def run_side_by_side(fn: Callable[[T], None], items: Iterable[T], streams: int) -> None:

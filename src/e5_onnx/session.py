@@ -63,9 +63,9 @@ class EncoderSession:
     are supplied only if the graph asks for them.
 
     `threads` cores: each call runs on all of them, and `streams` (= threads) one-thread calls may
-    run side by side on `side_by_side()`'s session, which is how Embedder.encode runs a call of
-    several batches (one-thread calls do not wait for each other at every kernel: 1.11-1.23x the
-    texts/s of one two-thread call at a time on the bench's mix, docs/benchmarks.md).
+    run side by side on `side_by_side()`'s session, which is how Embedder.encode runs the batches
+    of a call of several (one-thread calls do not wait for each other at every kernel;
+    docs/benchmarks.md, "encode's batches side by side").
     """
 
     def __init__(self, model_path: Path, threads: int | None = None, position_offset: int = 0,

@@ -10,7 +10,7 @@ import math
 from collections import abc
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
@@ -75,18 +75,27 @@ class Batch:
     attention_mask: np.ndarray  # (n, seq) int64
 
 
-class Batches(abc.Iterator):
-    """One call's batches, each padded when it is taken; len() is how many the plan cut, taken or not."""
+class Batches(abc.Sequence):
+    """One call's batches as `plan` cut them, each padded when it is taken: `tokens` (padded tokens
+    per batch) is known before any is."""
 
-    def __init__(self, sizes: list[int], batches: Iterator[Batch]) -> None:
-        self.sizes = sizes  # texts per batch
-        self._batches = batches
+    def __init__(self, tokenizer: TextTokenizer, encodings: Sequence[Encoding | Ids], order: np.ndarray,
+                 lengths: np.ndarray, sizes: list[int]) -> None:
+        self._tokenizer, self._encodings, self._order, self._lengths = tokenizer, encodings, order, lengths
+        self._starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.tokens = [n * int(lengths[order[start]]) for n, start in zip(sizes, self._starts)]
 
     def __len__(self) -> int:
-        return len(self.sizes)
+        return len(self.tokens)
 
-    def __next__(self) -> Batch:
-        return next(self._batches)
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        idx = self._order[self._starts[i] : self._starts[i + 1]]
+        return self._tokenizer._pad([self._encodings[k] for k in idx], idx, int(self._lengths[idx[0]]))
 
 
 class TextTokenizer:
@@ -140,7 +149,7 @@ class TextTokenizer:
 
     def batches(
         self, texts: Sequence[str], batch_size: int, max_batch_tokens: int
-    ) -> Iterator[Batch]:
+    ) -> Batches:
         """Group texts of similar token length; each batch pads to its own longest text.
 
         A batch holds at most `batch_size` texts and at most `max_batch_tokens`
@@ -153,18 +162,10 @@ class TextTokenizer:
         self, encodings: Sequence[Encoding | Ids], batch_size: int, max_batch_tokens: int
     ) -> Batches:
         """`batches` for texts already tokenised (or windows of them, or their `compact` ids):
-        longest first, cut by `plan`; `len()` of the result counts them before any is padded."""
+        longest first, cut by `plan`, each padded when it is taken."""
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         order = np.argsort(-lengths, kind="stable")
-        sizes = plan(lengths[order].tolist(), batch_size, max_batch_tokens)
-
-        def padded() -> Iterator[Batch]:
-            start = 0
-            for n in sizes:
-                idx = order[start : start + n]
-                yield self._pad([encodings[i] for i in idx], idx, int(lengths[idx[0]]))
-                start += n
-        return Batches(sizes, padded())
+        return Batches(self, encodings, order, lengths, plan(lengths[order].tolist(), batch_size, max_batch_tokens))
 
     def _pad(self, encodings: list[Encoding | Ids], order: np.ndarray, width: int) -> Batch:
         ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)
