@@ -48,10 +48,10 @@ def test_several_batches_run_side_by_side_on_one_thread_calls_and_land_in_order(
     main, streams = Counting(two.session), Counting(side)
     monkeypatch.setattr(two.session, "run", main.run)
     monkeypatch.setattr(side, "run", streams.run)
-    # texts of one length, batches of 4: 24 texts are 6 alike batches, 3 rounds side by side;
+    # texts of one length (77 tokens), batches of 4: 24 texts are 6 alike batches, 3 rounds side by side;
     # 22 are 5 alike and one of 2 (half the tokens): 2 rounds, then the other two on both threads
     for n, want_calls in ((24, (0, 6)), (22, (2, 4))):
-        texts = [f"passage: text number {i:02d} is as long as every other" for i in range(n)]
+        texts = [f"passage: text number {i:02d} " + "is as long as every other one " * 10 for i in range(n)]
         assert len(two.tokenizer.batches(texts, 4, two.max_batch_tokens)) == 6
         calls = (main.calls, streams.calls)
         got = two.encode(texts)
@@ -101,3 +101,4 @@ def test_the_plan_pairs_whole_rounds_of_alike_batches_and_leaves_the_rest_to_eve
     assert side_by_side_plan([100, 512, 90, 480], 2, False) == ([1, 3], [0, 2])  # alike wherever they are
     assert side_by_side_plan([512, 500, 480, 470, 460], 4, False) == ([0, 1, 2, 3], [4])
     assert side_by_side_plan([512, 100], 2, True) == ([0, 1], [])  # OpenVINO: its calls run on one thread
+    assert side_by_side_plan([200, 200, 190, 180], 2, False) == ([], [0, 1, 2, 3])  # too small to gain

@@ -254,18 +254,21 @@ class Embedder:
 
 # Two one-thread calls side by side beat one two-thread call after the other only if the smaller
 # holds at least (s - 1) of the larger's tokens, s = 1.6 the two-thread speed-up of one 512-token
-# call (docs/benchmarks.md, "encode's batches side by side": side by side 1.23x on alike batches).
+# call (docs/benchmarks.md, "encode's batches side by side": side by side 1.23x on alike batches),
+# and only for batches big enough: pairs of 70-150-token batches (lists of 16 short queries) read
+# 0.84x of not pairing them (benchmarks/side_by_side.py, "pair small batches").
 ALIKE = 0.6
+MIN_TOKENS = 256
 
 
 def side_by_side_plan(tokens: list[int], streams: int, one_thread_only: bool) -> tuple[list[int], list[int]]:
     """(batches to run as one-thread calls side by side, batches to run one call on every thread)
     by index, from each batch's padded tokens. onnxruntime: whole rounds of `streams` batches
-    within ALIKE of the largest, the rest on every thread. `one_thread_only` (OpenVINO, whose
-    calls run on one thread): all side by side."""
+    of at least MIN_TOKENS and within ALIKE of the largest, the rest on every thread.
+    `one_thread_only` (OpenVINO, whose calls run on one thread): all side by side."""
     if one_thread_only:
         return list(range(len(tokens))), []
-    alike = [i for i, n in enumerate(tokens) if n >= ALIKE * max(tokens)]
+    alike = [i for i, n in enumerate(tokens) if n >= max(ALIKE * max(tokens), MIN_TOKENS)]
     paired = alike[: len(alike) // streams * streams]
     chosen = set(paired)
     return paired, [i for i in range(len(tokens)) if i not in chosen]
