@@ -88,9 +88,7 @@ class Batches(abc.Sequence):
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def __getitem__(self, i):  # type: ignore[override]
-        if isinstance(i, slice):
-            return [self[k] for k in range(*i.indices(len(self)))]
+    def __getitem__(self, i: int) -> Batch:  # type: ignore[override]
         if not -len(self) <= i < len(self):
             raise IndexError(i)
         i %= len(self)
