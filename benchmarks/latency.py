@@ -10,6 +10,8 @@ far their vectors sit from the default's (bit-identical rows; min cosine), alone
 - int8: the export's default (2 threads, spinning, the export's fused graph: export/fuse.py)
 - int8-unfused: the same weights with fuse.py undone (the graph exports wrote before issue 20)
 - int8-mmitf: only the Q/K/V + MultiHeadAttention -> QAttention fusion undone
+- int8-attn23: QAttention -> one Q/K/V MatMulIntegerToFloat + Split + ONNX's own Attention op
+  (opset 23, a boolean [batch, 1, length, length] mask): another fp32 attention kernel
 - int8-1thread, int8-nospin: the default graph on one thread; two threads without spinning
 - ov-bf16: Embedder(backend="openvino") (two one-thread streams: a single query runs on one)
 - ov-bf16-2t: OpenVINO bf16, one stream of two threads (latency-style)
@@ -36,6 +38,7 @@ from .harness import machine, write_report
 
 ORT_VARIANTS = {  # name -> (graph transform, threads, spinning)
     "int8": (None, 2, True), "int8-unfused": ("unfuse", 2, True), "int8-mmitf": ("unfuse_attention", 2, True),
+    "int8-attn23": ("attention_op", 2, True),
     "int8-1thread": (None, 1, True), "int8-nospin": (None, 2, False),
     # the U8S8 graph even where the runtime runs its U8U8 twin: what exactness costs on a CPU without VNNI
     "int8-u8s8": ("u8s8", 2, True)}
@@ -53,13 +56,51 @@ def variant_graph(export: Path, transform: str | None, tmp: Path, graph_name: st
     import onnx
 
     model = onnx.load(str(export / "model_int8.onnx"))
-    {"unfuse": fuse.unfuse, "unfuse_attention": fuse.unfuse_attention}[transform](model)
+    {"unfuse": fuse.unfuse, "unfuse_attention": fuse.unfuse_attention, "attention_op": onnx_attention}[transform](model)
     out = tmp / f"{transform}.onnx"
     onnx.save(model, str(out), save_as_external_data=True, location=f"{transform}.onnx.data", size_threshold=1024)
     if graph_name != "model_int8.onnx":
         u8u8.write(out, tmp / f"{transform}_u8u8.onnx")
         return tmp / f"{transform}_u8u8.onnx"
     return out
+
+
+def onnx_attention(model) -> None:
+    """Each QAttention -> MatMulIntegerToFloat (Q/K/V weights, scales and bias as they are) + Split
+    + ONNX's Attention (opset 23) under a boolean mask built once from attention_mask, in place."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    for op in model.opset_import:
+        if op.domain in ("", "ai.onnx"):
+            op.version = max(op.version, 23)
+    graph.initializer.extend([numpy_helper.from_array(np.array([1], np.int64), "attn23_one"),
+                              numpy_helper.from_array(np.array([1, 2], np.int64), "attn23_axes")])
+    mask = [  # [batch, length] -> [batch, 1, length, length]: ONNX Attention wants the query axis spelled out
+        helper.make_node("Shape", ["attention_mask"], ["attn23_b"], start=0, end=1),
+        helper.make_node("Shape", ["attention_mask"], ["attn23_s"], start=1, end=2),
+        helper.make_node("Concat", ["attn23_b", "attn23_one", "attn23_s", "attn23_s"], ["attn23_shape"], axis=0),
+        helper.make_node("Cast", ["attention_mask"], ["attn23_bool"], to=TensorProto.BOOL),
+        helper.make_node("Unsqueeze", ["attn23_bool", "attn23_axes"], ["attn23_b11s"]),
+        helper.make_node("Expand", ["attn23_b11s", "attn23_shape"], ["attn23_mask"])]
+    nodes = []
+    for n in graph.node:
+        if n.op_type != "QAttention":
+            nodes.append(n)
+            continue
+        x, w, bias, a_scale, w_scale, _, a_zero, w_zero = n.input[:8]
+        heads = next(helper.get_attribute_value(a) for a in n.attribute if a.name == "num_heads")
+        out = n.output[0]
+        nodes += mask + [
+            helper.make_node("MatMulIntegerToFloat", [x, w, a_scale, w_scale, a_zero, w_zero, bias], [f"{out}_qkv"],
+                             domain=fuse.MS_DOMAIN),
+            helper.make_node("Split", [f"{out}_qkv"], [f"{out}_{r}" for r in "qkv"], axis=-1, num_outputs=3),
+            helper.make_node("Attention", [f"{out}_{r}" for r in "qkv"] + ["attn23_mask"], [out],
+                             q_num_heads=heads, kv_num_heads=heads)]
+        mask = []
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def load_variants(export: Path, tmp: Path, names: list[str]) -> tuple[dict, dict]:

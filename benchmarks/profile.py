@@ -75,6 +75,7 @@ def op_profile(export: str, batches: list[list[str]], threads: int, config: dict
     return {"padded_tokens": sum(n * length for n, length in shapes),
             "matmul_gops": matmul_ops / us["matmul"] / 1e3 if us["matmul"] else None,
             "attention_gflops": attention_flops / us["attention"] / 1e3 if us["attention"] else None,
+            "matmul_gop_per_call": matmul_ops / len(timed) / 1e9,
             "session_calls": len(timed), "kernels_per_call": kernels / len(timed),
             "run_ms": sum(e["dur"] for e in timed) / 1e3, "kernel_ms": total / 1e3,
             "by_op_pct": {op: 100 * us / total for op, us in by_op.most_common()},
@@ -121,7 +122,9 @@ def limits(p: dict, roofline_gops: float | None = None) -> dict[str, str]:
                       f"{b['attention_gflops']:.0f} GFLOPS",
         "latency": f"{q['kernels_per_call']:.0f} kernels per query, {1e3 * q['kernel_ms'] / q['session_calls'] / q['kernels_per_call']:.0f} us "
                    f"each on average under the profiler; the matmul ops ({q['matmul_pct']:.0f}% of the time) run at "
-                   f"{rate(q['matmul_gops'])}",
+                   f"{rate(q['matmul_gops'])}" + (
+                       f"; at the roofline a query's matmul ops alone would take {1e3 * q['matmul_gop_per_call'] / roofline_gops:.2f} ms"
+                       if roofline_gops and "matmul_gop_per_call" in q else ""),
         "file": f"largest tensor {big['name']} {'x'.join(map(str, big['shape']))} {big['dtype']} {big['mb']:.1f} MB "
                 f"of {f['total_mb']:.1f} MB",
     }

@@ -70,3 +70,25 @@ def test_thread_count_and_spinning_do_not_change_a_vector(minilm_export):
         for rows in (single, emb.encode(TEXTS)):
             cos = np.sum(alone.astype(np.float64) * rows, axis=1)
             assert cos.min() >= INVARIANT_COSINE, (int(cos.argmin()), float(cos.min()))
+
+
+def test_onnx_attention_variant_masks_padding_as_qattention_does(minilm_export, tmp_path):
+    """benchmarks/latency.py's int8-attn23 lever (ONNX's Attention op in place of QAttention) must
+    compute the same vectors, padded batches included, or its timings compare different work."""
+    from benchmarks.latency import onnx_attention
+
+    model = onnx.load(str(minilm_export / "model_int8.onnx"))
+    onnx_attention(model)
+    ops = [n.op_type for n in model.graph.node]
+    assert "QAttention" not in ops and ops.count("Attention") == ops.count("Split") > 0
+    path = tmp_path / "attn23.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, location="attn23.onnx.data", size_threshold=1024)
+    default, variant = Embedder(minilm_export), Embedder(minilm_export)
+    if variant.graph != "model_int8.onnx":
+        u8u8.write(path, tmp_path / "attn23_u8u8.onnx")
+        path = tmp_path / "attn23_u8u8.onnx"
+    variant.session = EncoderSession(path, position_offset=variant.manifest.get("position_offset", 0))
+    for emb in (default, variant):
+        emb.batch_size, emb.max_batch_tokens = 7, 8192  # padded batches of mixed lengths
+    cos = np.sum(default.encode(TEXTS).astype(np.float64) * variant.encode(TEXTS), axis=1)
+    assert cos.min() >= INVARIANT_COSINE, (int(cos.argmin()), float(cos.min()))

@@ -4,7 +4,7 @@ optional extra, the fp32 graph at bf16 or f32), and the variant each defaults to
 "auto" takes OpenVINO at bf16 where it is installed and the CPU has AMX (measured there at
 1.3-1.8x onnxruntime INT8's batch throughput, though slower for one short query: docs/benchmarks.md,
 "The fastest CPU engines side by side"), onnxruntime INT8 everywhere else (on an AVX2-only AMD
-EPYC, OpenVINO's f32 measured 0.75-0.93x INT8's batch throughput and 2.9-3.7x its single-query p50).
+EPYC, OpenVINO's f32 measured 0.75-0.97x INT8's batch throughput and 2.8-3.7x its single-query p50).
 The OpenVINO backend's own default is bf16 where the CPU has it, f32 elsewhere.
 """
 from __future__ import annotations

@@ -151,7 +151,8 @@ class Embedder:
         batches = self.tokenizer.batch_encodings(seqs, self.batch_size, self.max_batch_tokens)
         alone = range(len(batches))
         if self.session.streams > 1 and len(batches) > 1:
-            paired, alone = side_by_side_plan(batches.tokens, self.session.streams, self.backend == "openvino")
+            paired, alone = side_by_side_plan(batches.tokens, self.session.streams,
+                                                self.session.threads_per_call == 1)
             if paired:
                 side = self.session.side_by_side()
                 run_side_by_side(lambda i: embed(side, batches[i]), paired, self.session.streams)
@@ -265,7 +266,8 @@ def side_by_side_plan(tokens: list[int], streams: int, one_thread_only: bool) ->
     """(batches to run as one-thread calls side by side, batches to run one call on every thread)
     by index, from each batch's padded tokens. onnxruntime: whole rounds of `streams` batches
     of at least MIN_TOKENS and within ALIKE of the largest, the rest on every thread.
-    `one_thread_only` (OpenVINO, whose calls run on one thread): all side by side."""
+    `one_thread_only` (a session whose calls each run on one thread, as OpenVINO's streams): all
+    side by side."""
     if one_thread_only:
         return list(range(len(tokens))), []
     alike = [i for i, n in enumerate(tokens) if n >= max(ALIKE * max(tokens), MIN_TOKENS)]

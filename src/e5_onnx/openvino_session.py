@@ -48,6 +48,7 @@ class OpenVINOSession:
             raise ValueError("this CPU has no bf16 support in OpenVINO; use variant='fp32' or backend='onnxruntime'")
         model = core.read_model(str(model_path))
         self.streams = streams
+        self.threads_per_call = threads
         self.input_names = check_inputs([i.get_any_name() for i in model.inputs])
         self.position_offset = position_offset
         self.pad_multiple = pad_multiple  # benchmarks/ov_levers.py measures others

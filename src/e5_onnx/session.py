@@ -74,6 +74,7 @@ class EncoderSession:
         self.position_offset = position_offset  # XLM-R layout: positions start at padding_idx + 1
         self.spinning = spinning
         self.streams = threads or available_cores()
+        self.threads_per_call = self.streams  # each call here runs on every thread; side_by_side()'s on one
         self.session = ort.InferenceSession(str(model_path), session_options(self.streams, spinning),
                                             providers=["CPUExecutionProvider"],
                                             disabled_optimizers=DISABLED_OPTIMIZERS)
