@@ -74,7 +74,6 @@ class EncoderSession:
         self.position_offset = position_offset  # XLM-R layout: positions start at padding_idx + 1
         self.spinning = spinning
         self.streams = threads or available_cores()
-        self.threads_per_call = self.streams  # each call here runs on every thread; side_by_side()'s on one
         self.session = ort.InferenceSession(str(model_path), session_options(self.streams, spinning),
                                             providers=["CPUExecutionProvider"],
                                             disabled_optimizers=DISABLED_OPTIMIZERS)
@@ -87,6 +86,11 @@ class EncoderSession:
         """(batch, seq) int64 ids and mask -> (batch, seq, dim) last hidden state."""
         feed = graph_feed(self.input_names, input_ids, attention_mask, self.position_offset)
         return self.session.run([self.output_name], feed)[0]
+
+    @property
+    def threads_per_call(self) -> int:
+        """Each call here runs on every thread; side_by_side()'s session's on one."""
+        return self.streams
 
     def side_by_side(self) -> EncoderSession:
         """A session whose calls run on one thread each, for `streams` callers at once: this one if
